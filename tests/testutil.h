@@ -1,0 +1,25 @@
+/*
+ * testutil.h — the tiny harness every C test uses: CHECK/CHECK_OK record a failure with
+ * file and line and go on; test_done() prints "N passed, N failed" and gives the exit code.
+ */
+#ifndef KILN_TESTUTIL_H
+#define KILN_TESTUTIL_H
+
+#include "kiln.h"
+#include <stdio.h>
+
+extern int test_passed, test_failed;
+
+#define CHECK(c) test_check((c), #c, __FILE__, __LINE__)
+#define CHECK_OK(call) test_check_status((call), KILN_OK, #call, __FILE__, __LINE__)
+#define CHECK_STATUS(call, want) test_check_status((call), (want), #call, __FILE__, __LINE__)
+
+int  test_check(int ok, const char *what, const char *file, int line);
+int  test_check_status(kiln_status got, kiln_status want, const char *what, const char *file, int line);
+/* A scratch directory for this test program (created; KILN_TEST_TMP or /tmp based). */
+const char *test_tmpdir(void);
+/* path = test_tmpdir()/name, in a static rotating buffer. */
+const char *test_path(const char *name);
+int  test_done(const char *name);
+
+#endif
