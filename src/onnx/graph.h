@@ -66,6 +66,11 @@ typedef struct kg_graph {
     int      *outputs;                   /* graph outputs, in order */
 } kg_graph;
 
+/* The public kiln_onnx handle (kiln.h) is an imported graph. */
+struct kiln_onnx {
+    kg_graph *graph;
+};
+
 /* Reads an ONNX model file. KILN_ERR_IO: cannot read; KILN_ERR_FORMAT: not a valid ONNX
  * ModelProto (message says what); KILN_ERR_UNSUPPORTED: external data, subgraphs, string
  * tensors or an opset outside what kiln implements (message names the node). */
