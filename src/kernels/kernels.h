@@ -17,7 +17,9 @@
 #include "compiler/program.h"
 
 /* Per-core execution context: oneDNN engine/stream, scratchpad, thread count. Created,
- * used and freed on one thread at a time. */
+ * used and freed on one thread. kk_core_create sets the calling thread's OpenMP thread
+ * count to n_threads; kk_core_free puts back the count it found (trace runs on the user's
+ * thread and must not change it). */
 typedef struct kk_core kk_core;
 KILN_INTERNAL kiln_status kk_core_create(int n_threads, kk_core **out);
 KILN_INTERNAL void        kk_core_free(kk_core *c);
