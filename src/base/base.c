@@ -55,7 +55,7 @@ void kiln__error_prefix(const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, last_error, sizeof old);
-    snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);
+    snprintf(last_error, sizeof last_error, "%.500s: %.500s", prefix, old);
 }
 
 void kiln__panic(const char *file, int line, const char *what)

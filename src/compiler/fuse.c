@@ -1,0 +1,313 @@
+/*
+ * fuse.c — the fusion pass: folds BatchNormalization into the convolution before it, and
+ * turns what follows a Conv/ConvTranspose/MatMul into its bias and post-ops:
+ *
+ *   Conv -> BatchNormalization        new weights and bias, BN gone
+ *   MatMul -> Add(constant row)       bias input
+ *   X -> activation                   KP_POST_UNARY
+ *   X -> Add(same-shape tensor)       KP_POST_SUM  (the residual add of ResNets)
+ *   X -> Add/Sub/Mul/Div(broadcast)   KP_POST_BINARY (attention scaling, broadcast bias)
+ *
+ * A result is fused into its producer only when that op is its one consumer, it is not a
+ * graph output, nothing aliases it, and any extra operand is ready before the producer runs.
+ * Rewritten ops get fresh pool entries (seal compacts the pools); fused-away ops get kind 0.
+ */
+#include "compiler/trace.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct fuse_state {
+    kc_ctx   *c;
+    uint32_t *uses;       /* per value: op inputs reading it */
+    int32_t  *consumer;   /* per value: the last op reading it */
+    int32_t  *producer;   /* per value: the op writing it, -1 for inputs and constants */
+    uint8_t  *pinned;     /* per value: graph output, aliased, or an alias */
+} fuse_state;
+
+static int post_base(const kp_program *p, const kp_op *op)
+{
+    const int64_t *ia = kp_op_ia(p, op);
+    switch (op->kind) {
+    case KP_CONV: return 2 + 4 * (int)ia[1];
+    case KP_CONV_TRANSPOSE: return 2 + 5 * (int)ia[1];
+    default: return 0; /* KP_MATMUL */
+    }
+}
+
+/* Rewrites op i with new inputs/attributes (appended to the pools). The arrays may point
+ * into the pools themselves: they are copied before the pools grow. KILN_ERR_UNSUPPORTED
+ * (no message) when the op is too long to rewrite: it then stays as it was. */
+static kiln_status rewrite_op(fuse_state *f, uint32_t i, const int *in, int n_in, int out,
+                              const int64_t *ia, int n_ia, const float *fa, int n_fa)
+{
+    kc_ctx *c = f->c;
+    int64_t lia[64];
+    float lfa[64];
+    int lin[64];
+    if (n_in > 64 || n_ia > 64 || n_fa > 64)
+        return KILN_ERR_UNSUPPORTED; /* stays unfused */
+    memcpy(lin, in, sizeof(int) * (size_t)n_in);
+    memcpy(lia, ia, sizeof(int64_t) * (size_t)n_ia);
+    memcpy(lfa, fa, sizeof(float) * (size_t)n_fa);
+    kp_op old = c->p.ops[i];
+    int j = kc__push_op(c, old.kind, old.sub, old.name, lin, n_in, &out, 1, lia, n_ia, lfa, n_fa);
+    if (j < 0)
+        return KILN_ERR_NOMEM;
+    c->p.ops[i] = c->p.ops[j];
+    c->p.n_ops--;
+    return KILN_OK;
+}
+
+/* Adds a post-op (and its operand, -1 for none) to op i, whose output becomes `out`. */
+static kiln_status add_post(fuse_state *f, uint32_t i, int type, int alg, float alpha, float beta,
+                            int operand, int out)
+{
+    kp_program *p = &f->c->p;
+    const kp_op *op = &p->ops[i];
+    int base = post_base(p, op);
+    int64_t ia[64];
+    float fa[64];
+    int in[64];
+    if (op->n_ia + 2 > 64 || op->n_fa + 2 > 64 || op->n_in + 1 > 64)
+        return KILN_ERR_UNSUPPORTED; /* long chains stay unfused */
+    const int64_t *oia = kp_op_ia(p, op);
+    memcpy(ia, oia, sizeof(int64_t) * op->n_ia);
+    ia[base] += 1;
+    ia[op->n_ia] = type;
+    ia[op->n_ia + 1] = alg;
+    memcpy(fa, kp_op_fa(p, op), sizeof(float) * op->n_fa);
+    fa[op->n_fa] = alpha;
+    fa[op->n_fa + 1] = beta;
+    int n_in = op->n_in;
+    for (int k = 0; k < n_in; k++)
+        in[k] = kp_op_in(p, op)[k];
+    if (operand >= 0)
+        in[n_in++] = operand;
+    return rewrite_op(f, i, in, n_in, out, ia, (int)op->n_ia + 2, fa, (int)op->n_fa + 2);
+}
+
+static bool same_shape(const kp_value *a, const kp_value *b)
+{
+    if (a->ndim != b->ndim)
+        return false;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return false;
+    return true;
+}
+
+static bool fusable_unary(int alg)
+{
+    switch (alg) {
+    case KP_U_RELU: case KP_U_LEAKY_RELU: case KP_U_CLIP: case KP_U_SIGMOID: case KP_U_TANH:
+    case KP_U_GELU: case KP_U_GELU_TANH: case KP_U_ELU: case KP_U_SILU: case KP_U_HARD_SWISH:
+    case KP_U_HARD_SIGMOID:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Conv (weights W, bias B constant) followed by inference BatchNormalization. */
+static kiln_status fold_batchnorm(fuse_state *f, uint32_t pi, const kp_op *bn, int z, bool *done)
+{
+    kc_ctx *c = f->c;
+    kp_program *p = &c->p;
+    const kp_op *conv = &p->ops[pi];
+    const int32_t *cin = kp_op_in(p, conv), *bin = kp_op_in(p, bn);
+    int w = cin[1], b = conv->n_in > 2 ? cin[2] : -1;
+    *done = false;
+    if (conv->n_in > 3 || kp_op_ia(p, conv)[post_base(p, conv)] != 0 || !kc_is_const(c, w) ||
+        (b >= 0 && !kc_is_const(c, b)) || p->values[w].n_layout)
+        return KILN_OK;
+    for (int k = 1; k < 5; k++)
+        if (!kc_is_const(c, bin[k]) || p->values[bin[k]].dtype != KILN_F32)
+            return KILN_OK;
+    const kp_value *wv = &p->values[w];
+    int64_t O = wv->shape[0];
+    for (int k = 1; k < 5; k++)
+        if (kp_value_numel(&p->values[bin[k]]) != O)
+            return KILN_OK;
+    float eps = bn->n_fa ? kp_op_fa(p, bn)[0] : 1e-5f;
+    const float *scale = c->cdata[bin[1]], *shift = c->cdata[bin[2]], *mean = c->cdata[bin[3]],
+                *var = c->cdata[bin[4]], *bias = b >= 0 ? c->cdata[b] : NULL;
+    int64_t per = kp_value_numel(wv) / (O ? O : 1);
+    float *nw = kiln__malloc(sizeof(float) * (size_t)kp_value_numel(wv) + 1);
+    float *nb = kiln__malloc(sizeof(float) * (size_t)O + 1);
+    if (!nw || !nb) {
+        kiln__free(nw);
+        kiln__free(nb);
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory folding BatchNormalization");
+    }
+    const float *ow = c->cdata[w];
+    for (int64_t o = 0; o < O; o++) {
+        float g = scale[o] / sqrtf(var[o] + eps);
+        for (int64_t k = 0; k < per; k++)
+            nw[o * per + k] = ow[o * per + k] * g;
+        nb[o] = ((bias ? bias[o] : 0.0f) - mean[o]) * g + shift[o];
+    }
+    int64_t wshape[KILN_MAX_DIMS];
+    memcpy(wshape, wv->shape, sizeof wshape);
+    int nwv = kc_new_const(c, KILN_F32, wv->ndim, wshape, nw);
+    int nbv = nwv < 0 ? -1 : kc_new_const(c, KILN_F32, 1, &O, nb);
+    kiln__free(nw);
+    kiln__free(nb);
+    if (nwv < 0 || nbv < 0)
+        return KILN_ERR_NOMEM;
+    /* refresh: kc_new_const may have moved the pools */
+    conv = &p->ops[pi];
+    int in[3] = { kp_op_in(p, conv)[0], nwv, nbv };
+    int64_t ia[64];
+    if (conv->n_ia > 64)
+        return KILN_OK;
+    memcpy(ia, kp_op_ia(p, conv), sizeof(int64_t) * conv->n_ia);
+    kiln_status s = rewrite_op(f, pi, in, 3, z, ia, (int)conv->n_ia, kp_op_fa(p, conv), (int)conv->n_fa);
+    *done = s == KILN_OK;
+    return s == KILN_ERR_UNSUPPORTED ? KILN_OK : s;
+}
+
+/* Tries to fuse the one consumer of op pi's output into it. */
+static kiln_status fuse_one(fuse_state *f, uint32_t pi, bool *fused)
+{
+    kc_ctx *c = f->c;
+    kp_program *p = &c->p;
+    *fused = false;
+    const kp_op *op = &p->ops[pi];
+    if (op->n_out != 1)
+        return KILN_OK;
+    int y = kp_op_out(p, op)[0];
+    if (y < 0 || p->values[y].dtype != KILN_F32 || f->uses[y] != 1 || f->pinned[y])
+        return KILN_OK;
+    int32_t qi = f->consumer[y];
+    if (qi <= (int32_t)pi || !p->ops[qi].kind)
+        return KILN_OK;
+    const kp_op *q = &p->ops[qi];
+    const int32_t *qin = kp_op_in(p, q);
+    if (q->n_out != 1 || kp_op_out(p, q)[0] < 0)
+        return KILN_OK;
+    int z = kp_op_out(p, q)[0];
+    if (!same_shape(&p->values[z], &p->values[y]) || p->values[z].dtype != KILN_F32)
+        return KILN_OK;
+    kiln_status s = KILN_OK;
+    if (q->kind == KP_BATCHNORM && op->kind == KP_CONV && qin[0] == y) {
+        s = fold_batchnorm(f, pi, q, z, fused);
+    } else if (q->kind == KP_UNARY && fusable_unary(q->sub)) {
+        const float *qfa = kp_op_fa(p, q);
+        float a = q->n_fa > 0 ? qfa[0] : 0.0f, b = q->n_fa > 1 ? qfa[1] : 0.0f;
+        s = add_post(f, pi, KP_POST_UNARY, q->sub, a, b, -1, z);
+        *fused = s == KILN_OK;
+        if (s == KILN_ERR_UNSUPPORTED)
+            s = KILN_OK;
+    } else if (q->kind == KP_BINARY && q->n_in == 2 && qin[0] != qin[1] &&
+               (q->sub == KP_B_ADD || q->sub == KP_B_MUL ||
+                ((q->sub == KP_B_SUB || q->sub == KP_B_DIV) && qin[0] == y))) {
+        int o = qin[0] == y ? qin[1] : qin[0];
+        const kp_value *ov = &p->values[o];
+        bool ready = ov->kind != KP_VAL_ACT || (f->producer[o] >= 0 && f->producer[o] < (int32_t)pi);
+        if (!ready || ov->dtype != KILN_F32 || ov->ndim > p->values[y].ndim)
+            return KILN_OK;
+        int n_post = (int)kp_op_ia(p, op)[post_base(p, op)];
+        int64_t N = p->values[y].ndim ? p->values[y].shape[p->values[y].ndim - 1] : 1;
+        bool row = ov->kind == KP_VAL_CONST && ov->ndim == 1 && ov->shape[0] == N;
+        if (op->kind == KP_MATMUL && q->sub == KP_B_ADD && n_post == 0 && op->n_in == 2 && row) {
+            int in[3] = { kp_op_in(p, op)[0], kp_op_in(p, op)[1], o };
+            s = rewrite_op(f, pi, in, 3, z, kp_op_ia(p, op), (int)op->n_ia, kp_op_fa(p, op), (int)op->n_fa);
+        } else if (q->sub == KP_B_ADD && same_shape(ov, &p->values[y])) {
+            s = add_post(f, pi, KP_POST_SUM, 0, 0.0f, 0.0f, o, z);
+        } else {
+            s = add_post(f, pi, KP_POST_BINARY, q->sub, 0.0f, 0.0f, o, z);
+        }
+        *fused = s == KILN_OK;
+        if (s == KILN_ERR_UNSUPPORTED)
+            s = KILN_OK;
+    }
+    if (*fused) {
+        p->ops[qi].kind = 0;
+        f->uses[y] = 0;
+        f->producer[z] = (int32_t)pi;
+        if (kk_check(p, pi) != KILN_OK)
+            return kiln__fail(KILN_ERR_INTERNAL, "fused op rejected: %s", kiln_last_error());
+    }
+    return s;
+}
+
+kiln_status kc__fuse(kc_ctx *c, const uint32_t *outputs)
+{
+    kp_program *p = &c->p;
+    uint32_t nv = p->n_values;
+    fuse_state f = { c, NULL, NULL, NULL, NULL };
+    kiln_status s = KILN_OK;
+    f.uses = kiln__calloc(nv + 1, sizeof *f.uses);
+    f.consumer = kiln__malloc(sizeof(int32_t) * (nv + 1));
+    f.producer = kiln__malloc(sizeof(int32_t) * (nv + 1));
+    f.pinned = kiln__calloc(nv + 1, 1);
+    if (!f.uses || !f.consumer || !f.producer || !f.pinned) {
+        s = kiln__fail(KILN_ERR_NOMEM, "out of memory fusing ops");
+        goto done;
+    }
+    for (uint32_t v = 0; v < nv; v++) {
+        f.consumer[v] = -1;
+        f.producer[v] = -1;
+        if (c->root[v] != (int32_t)v) {
+            f.pinned[v] = 1;
+            f.pinned[c->root[v]] = 1;
+        }
+    }
+    for (int i = 0; i < c->g->n_outputs; i++)
+        f.pinned[outputs[i]] = 1;
+    for (uint32_t i = 0; i < p->n_ops; i++) {
+        const kp_op *op = &p->ops[i];
+        for (int k = 0; k < op->n_in; k++) {
+            int v = kp_op_in(p, op)[k];
+            if (v >= 0) {
+                f.uses[v]++;
+                f.consumer[v] = (int32_t)i;
+            }
+        }
+        for (int k = 0; k < op->n_out; k++) {
+            int v = kp_op_out(p, op)[k];
+            if (v >= 0)
+                f.producer[v] = (int32_t)i;
+        }
+    }
+    uint32_t n_ops = p->n_ops; /* rewrite_op appends then pops: n_ops stays */
+    for (uint32_t i = 0; i < n_ops && s == KILN_OK; i++) {
+        int kind = p->ops[i].kind;
+        if (kind != KP_CONV && kind != KP_CONV_TRANSPOSE && kind != KP_MATMUL)
+            continue;
+        bool fused = true;
+        while (fused && s == KILN_OK) {
+            /* kc_new_const (BN folding) may add values: grow the per-value arrays' view */
+            if (p->n_values > nv) {
+                uint32_t nn = p->n_values;
+                uint32_t *u = kiln__realloc(f.uses, sizeof *u * (nn + 1));
+                if (u) f.uses = u;
+                int32_t *cs = kiln__realloc(f.consumer, sizeof *cs * (nn + 1));
+                if (cs) f.consumer = cs;
+                int32_t *pr = kiln__realloc(f.producer, sizeof *pr * (nn + 1));
+                if (pr) f.producer = pr;
+                uint8_t *pn = kiln__realloc(f.pinned, nn + 1);
+                if (pn) f.pinned = pn;
+                if (!u || !cs || !pr || !pn) {
+                    s = kiln__fail(KILN_ERR_NOMEM, "out of memory fusing ops");
+                    break;
+                }
+                for (uint32_t v = nv; v < nn; v++) {
+                    f.uses[v] = 1;
+                    f.consumer[v] = (int32_t)i;
+                    f.producer[v] = -1;
+                    f.pinned[v] = 0;
+                }
+                nv = nn;
+            }
+            s = fuse_one(&f, i, &fused);
+        }
+    }
+done:
+    kiln__free(f.uses);
+    kiln__free(f.consumer);
+    kiln__free(f.producer);
+    kiln__free(f.pinned);
+    return s;
+}

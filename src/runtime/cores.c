@@ -1,0 +1,247 @@
+/*
+ * cores.c — kiln's cores: which CPUs are visible (KILN_VISIBLE_CORES, KILN_CORE_SIZE),
+ * one worker thread per core pinned to that core's CPUs, and the job queue each worker
+ * serves. Every placement and forward on a core runs on its worker, so oneDNN primitives
+ * are created and run under the same OpenMP thread count (the core's CPU count).
+ */
+#define _GNU_SOURCE
+#include "runtime/runtime.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RT_MAX_CORES 1024
+
+static struct {
+    pthread_once_t  once;
+    kiln_status     init_status;
+    char            init_error[512];
+    int             n_cores;
+    rt_core        *cores;
+    pthread_mutex_t mu; /* guards cores[].replicas */
+} rt = { .once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* Parses a CPU list such as "0-7" or "0,2,4-6" into set. */
+static kiln_status parse_cpu_list(const char *s, cpu_set_t *set)
+{
+    CPU_ZERO(set);
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long a = strtol(p, &end, 10);
+        if (end == p || errno || a < 0 || a >= CPU_SETSIZE)
+            return kiln__fail(KILN_ERR_CORE, "KILN_VISIBLE_CORES='%s': expected a CPU list such as 0-7 or 0,2,4", s);
+        long b = a;
+        p = end;
+        if (*p == '-') {
+            p++;
+            b = strtol(p, &end, 10);
+            if (end == p || errno || b < a || b >= CPU_SETSIZE)
+                return kiln__fail(KILN_ERR_CORE, "KILN_VISIBLE_CORES='%s': bad range", s);
+            p = end;
+        }
+        for (long c = a; c <= b; c++)
+            CPU_SET((int)c, set);
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return kiln__fail(KILN_ERR_CORE, "KILN_VISIBLE_CORES='%s': unexpected '%c'", s, *p);
+    }
+    return KILN_OK;
+}
+
+static void *worker_main(void *arg)
+{
+    rt_core *core = arg;
+    char name[16];
+    snprintf(name, sizeof name, "kiln-core-%d", core->index);
+    pthread_setname_np(pthread_self(), name);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < core->n_cpus; i++)
+        CPU_SET(core->cpus[i], &set);
+    int e = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (e)
+        fprintf(stderr, "kiln: warning: could not pin core %d's worker to its CPUs: %s\n",
+                core->index, strerror(e));
+    /* The kernel context decides the OpenMP thread count of this thread. If it cannot be
+     * made, every job on this core fails with the reason. */
+    kiln_status ks = kk_core_create(core->n_cpus, &core->kk);
+    char kerr[512];
+    snprintf(kerr, sizeof kerr, "%s", ks == KILN_OK ? "" : kiln_last_error());
+    pthread_mutex_lock(&core->mu);
+    for (;;) {
+        while (!core->head)
+            pthread_cond_wait(&core->work, &core->mu);
+        rt_job *job = core->head;
+        core->head = job->next;
+        if (!core->head)
+            core->tail = NULL;
+        pthread_mutex_unlock(&core->mu);
+        kiln__clear_error();
+        if (ks != KILN_OK) {
+            job->status = ks;
+            snprintf(job->error, sizeof job->error, "core %d: %.480s", core->index, kerr);
+        } else {
+            job->fn(core, job);
+            if (job->status != KILN_OK)
+                snprintf(job->error, sizeof job->error, "%s", kiln_last_error());
+        }
+        pthread_mutex_lock(&core->mu);
+        job->done = true;
+        pthread_cond_broadcast(&core->done);
+    }
+    return NULL;
+}
+
+static void init_once(void)
+{
+    cpu_set_t allowed, visible;
+    rt.init_status = KILN_OK;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) {
+        CPU_ZERO(&allowed);
+        CPU_SET(0, &allowed);
+    }
+    const char *env = getenv("KILN_VISIBLE_CORES");
+    if (env && *env) {
+        kiln_status s = parse_cpu_list(env, &visible);
+        if (s != KILN_OK)
+            goto fail;
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &visible) && !CPU_ISSET(c, &allowed)) {
+                kiln__fail(KILN_ERR_CORE, "KILN_VISIBLE_CORES='%s': CPU %d is not available to this process", env, c);
+                goto fail;
+            }
+    } else {
+        visible = allowed;
+    }
+    int size = 1;
+    const char *cs = getenv("KILN_CORE_SIZE");
+    if (cs && *cs) {
+        char *end;
+        long v = strtol(cs, &end, 10);
+        if (*end || v < 1 || v > 64) {
+            kiln__fail(KILN_ERR_CORE, "KILN_CORE_SIZE='%s': expected a number of CPUs from 1 to 64", cs);
+            goto fail;
+        }
+        size = (int)v;
+    }
+    int n_cpus = CPU_COUNT(&visible);
+    int n = n_cpus / size;
+    if (n < 1) {
+        kiln__fail(KILN_ERR_CORE, "%d visible CPU(s) cannot make a core of KILN_CORE_SIZE=%d", n_cpus, size);
+        goto fail;
+    }
+    if (n > RT_MAX_CORES)
+        n = RT_MAX_CORES;
+    rt.cores = calloc((size_t)n, sizeof(rt_core)); /* lives for the process: not kiln__ */
+    if (!rt.cores) {
+        kiln__fail(KILN_ERR_NOMEM, "out of memory starting cores");
+        goto fail;
+    }
+    int cpu = 0;
+    for (int i = 0; i < n; i++) {
+        rt_core *core = &rt.cores[i];
+        core->index = i;
+        while (core->n_cpus < size) {
+            if (CPU_ISSET(cpu, &visible))
+                core->cpus[core->n_cpus++] = cpu;
+            cpu++;
+        }
+        pthread_mutex_init(&core->mu, NULL);
+        pthread_cond_init(&core->work, NULL);
+        pthread_cond_init(&core->done, NULL);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int e = pthread_create(&core->thread, &attr, worker_main, core);
+        pthread_attr_destroy(&attr);
+        if (e) {
+            kiln__fail(KILN_ERR_CORE, "cannot start core %d's worker: %s", i, strerror(e));
+            if (i == 0)
+                goto fail;
+            n = i; /* run with the cores that started */
+            break;
+        }
+    }
+    rt.n_cores = n;
+    return;
+fail:
+    rt.init_status = KILN_ERR_CORE;
+    snprintf(rt.init_error, sizeof rt.init_error, "%s", kiln_last_error());
+}
+
+kiln_status rt_init(void)
+{
+    pthread_once(&rt.once, init_once);
+    if (rt.init_status != KILN_OK)
+        return kiln__fail(rt.init_status, "%s", rt.init_error);
+    return KILN_OK;
+}
+
+int rt_num_cores(void) { return rt_init() == KILN_OK ? rt.n_cores : 0; }
+
+rt_core *rt_core_get(int index) { return &rt.cores[index]; }
+
+void rt_submit(rt_core *core, rt_job *job)
+{
+    job->done = false;
+    job->next = NULL;
+    job->status = KILN_OK;
+    job->error[0] = '\0';
+    pthread_mutex_lock(&core->mu);
+    if (core->tail)
+        core->tail->next = job;
+    else
+        core->head = job;
+    core->tail = job;
+    pthread_cond_signal(&core->work);
+    pthread_mutex_unlock(&core->mu);
+}
+
+void rt_wait(rt_core *core, rt_job *job)
+{
+    pthread_mutex_lock(&core->mu);
+    while (!job->done)
+        pthread_cond_wait(&core->done, &core->mu);
+    pthread_mutex_unlock(&core->mu);
+}
+
+kiln_status rt_run(rt_core *core, void (*fn)(rt_core *, rt_job *), void *arg)
+{
+    rt_job job = { .fn = fn, .arg = arg };
+    rt_submit(core, &job);
+    rt_wait(core, &job);
+    if (job.status != KILN_OK)
+        return kiln__fail(job.status, "%s", job.error);
+    return KILN_OK;
+}
+
+int rt_reserve_default_core(const bool *excluded)
+{
+    pthread_mutex_lock(&rt.mu);
+    int best = -1;
+    for (int i = 0; i < rt.n_cores; i++) {
+        if (excluded && excluded[i])
+            continue;
+        if (best < 0 || rt.cores[i].replicas < rt.cores[best].replicas)
+            best = i;
+    }
+    if (best >= 0)
+        rt.cores[best].replicas++;
+    pthread_mutex_unlock(&rt.mu);
+    return best;
+}
+
+void rt_core_replicas_add(int core, int delta)
+{
+    pthread_mutex_lock(&rt.mu);
+    rt.cores[core].replicas = (uint32_t)((int)rt.cores[core].replicas + delta);
+    pthread_mutex_unlock(&rt.mu);
+}
+
+KILN_API int kiln_num_cores(void) { return rt_num_cores(); }

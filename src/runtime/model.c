@@ -1,0 +1,533 @@
+/*
+ * model.c — kiln_model: trace and load produce one, placement puts replicas of it on cores,
+ * forward runs a replica on its core's worker.
+ *
+ * Loading is one state machine for every schedule:
+ *
+ *     UNLOADED --trigger--> LOADING --placement done--> LOADED
+ *                              |
+ *                              +--placement failed--> FAILED (error kept, nothing placed)
+ *
+ * A placement is one job on the target core's worker: verify the weights' checksums (once
+ * per model, if not done at load), give every value its address (arena for activations,
+ * the mapped weight section for constants), create every kernel. Eager kiln_load triggers
+ * one placement and waits for it; lazy leaves the model UNLOADED until the first forward
+ * (or data-parallel) triggers it; async triggers it and returns.
+ */
+#include "runtime/model.h"
+
+#include "compiler/trace.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------------------------------
+ * Construction and introspection
+ * ------------------------------------------------------------------------------------- */
+
+static kiln_status model_new(kp_program *prog, ka_file *file, const char *path, kiln_model **out)
+{
+    int n = rt_num_cores();
+    kiln_model *m = kiln__calloc(1, sizeof *m);
+    if (!m)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+    m->n_cores = n > 0 ? n : 1;
+    m->replicas = kiln__calloc((size_t)m->n_cores, sizeof *m->replicas);
+    m->placements = kiln__calloc((size_t)m->n_cores, sizeof *m->placements);
+    m->path = kiln__strdup(path ? path : "");
+    if (!m->replicas || !m->placements || !m->path) {
+        kiln__free(m->replicas);
+        kiln__free(m->placements);
+        kiln__free(m->path);
+        kiln__free(m);
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+    }
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    pthread_mutex_init(&m->verify_mu, NULL);
+    m->prog = prog;
+    m->file = file;
+    m->flags = prog->flags;
+    m->state = KILN_UNLOADED;
+    m->verified = file == NULL; /* traced weights were made here, not read */
+    m->report.core = -1;
+    if (file)
+        m->report.file_bytes = ka_file_size(file);
+    m->report.weight_bytes = prog->weight_bytes;
+    m->report.arena_bytes = prog->arena_bytes;
+    *out = m;
+    return KILN_OK;
+}
+
+static kiln_status trace_graph(const kg_graph *g, const kiln_tensor *ex, size_t n, kiln_model **out)
+{
+    kp_program *prog = NULL;
+    kiln_status s = kc_trace(g, ex, n, &prog);
+    if (s != KILN_OK)
+        return s;
+    s = model_new(prog, NULL, NULL, out);
+    if (s != KILN_OK)
+        kp_program_free(prog);
+    return s;
+}
+
+KILN_API kiln_status kiln_onnx_trace(const kiln_onnx *g, const kiln_tensor *ex, size_t n, kiln_model **out)
+{
+    if (!g || !out)
+        return kiln__fail(KILN_ERR_ARG, "kiln_onnx_trace: %s is NULL", g ? "out" : "g");
+    kiln__clear_error();
+    return trace_graph(g->graph, ex, n, out);
+}
+
+KILN_API kiln_status kiln_trace(const char *onnx_path, const kiln_tensor *ex, size_t n, kiln_model **out)
+{
+    if (!onnx_path || !out)
+        return kiln__fail(KILN_ERR_ARG, "kiln_trace: %s is NULL", onnx_path ? "out" : "onnx_path");
+    kiln__clear_error();
+    kg_graph *g = NULL;
+    kiln_status s = kg_import(onnx_path, &g);
+    if (s != KILN_OK)
+        return s;
+    s = trace_graph(g, ex, n, out);
+    if (s != KILN_OK)
+        kiln__error_prefix("%s", onnx_path);
+    kg_graph_free(g);
+    return s;
+}
+
+static kiln_status set_flag(kiln_model *m, uint32_t flag, int enable, const char *what)
+{
+    if (!m)
+        return kiln__fail(KILN_ERR_ARG, "%s: model is NULL", what);
+    if (m->file)
+        return kiln__fail(KILN_ERR_STATE, "%s: the flag is set on a traced model before kiln_save, "
+                          "not on a loaded one", what);
+    pthread_mutex_lock(&m->mu);
+    m->flags = enable ? (m->flags | flag) : (m->flags & ~flag);
+    pthread_mutex_unlock(&m->mu);
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_lazy_load(kiln_model *m, int enable) { return set_flag(m, KP_FLAG_LAZY, enable, "kiln_lazy_load"); }
+KILN_API kiln_status kiln_async_load(kiln_model *m, int enable) { return set_flag(m, KP_FLAG_ASYNC, enable, "kiln_async_load"); }
+KILN_API int kiln_model_is_lazy(const kiln_model *m) { return m && (m->flags & KP_FLAG_LAZY) ? 1 : 0; }
+KILN_API int kiln_model_is_async(const kiln_model *m) { return m && (m->flags & KP_FLAG_ASYNC) ? 1 : 0; }
+
+KILN_API kiln_status kiln_save(kiln_model *m, const char *path)
+{
+    if (!m || !path)
+        return kiln__fail(KILN_ERR_ARG, "kiln_save: %s is NULL", m ? "path" : "model");
+    kiln__clear_error();
+    kp_program copy = *m->prog; /* the flags are the model's; the program is shared and immutable */
+    pthread_mutex_lock(&m->mu);
+    copy.flags = m->flags;
+    pthread_mutex_unlock(&m->mu);
+    return ka_save(&copy, path);
+}
+
+KILN_API size_t kiln_model_num_inputs(const kiln_model *m) { return m ? m->prog->n_inputs : 0; }
+KILN_API size_t kiln_model_num_outputs(const kiln_model *m) { return m ? m->prog->n_outputs : 0; }
+
+static kiln_status value_spec(const kiln_model *m, uint32_t v, const char **name, kiln_tensor *spec)
+{
+    const kp_value *val = &m->prog->values[v];
+    if (name)
+        *name = kp_str(m->prog, val->name);
+    if (spec) {
+        memset(spec, 0, sizeof *spec);
+        spec->dtype = (kiln_dtype)val->dtype;
+        spec->ndim = val->ndim;
+        for (int d = 0; d < val->ndim; d++)
+            spec->shape[d] = val->shape[d];
+    }
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_model_input(const kiln_model *m, size_t i, const char **name, kiln_tensor *spec)
+{
+    if (!m || i >= m->prog->n_inputs)
+        return kiln__fail(KILN_ERR_ARG, "kiln_model_input: %s", m ? "index out of range" : "model is NULL");
+    return value_spec(m, m->prog->inputs[i], name, spec);
+}
+
+KILN_API kiln_status kiln_model_output(const kiln_model *m, size_t i, const char **name, kiln_tensor *spec)
+{
+    if (!m || i >= m->prog->n_outputs)
+        return kiln__fail(KILN_ERR_ARG, "kiln_model_output: %s", m ? "index out of range" : "model is NULL");
+    return value_spec(m, m->prog->outputs[i], name, spec);
+}
+
+KILN_API kiln_load_state kiln_model_state(const kiln_model *m)
+{
+    if (!m)
+        return KILN_UNLOADED;
+    kiln_model *mm = (kiln_model *)m;
+    pthread_mutex_lock(&mm->mu);
+    kiln_load_state s = mm->state;
+    pthread_mutex_unlock(&mm->mu);
+    return s;
+}
+
+KILN_API uint32_t kiln_model_placements(const kiln_model *m, int core)
+{
+    if (!m)
+        return 0;
+    kiln_model *mm = (kiln_model *)m;
+    uint32_t n = 0;
+    pthread_mutex_lock(&mm->mu);
+    for (int c = 0; c < mm->n_cores; c++)
+        if (core < 0 || core == c)
+            n += mm->placements[c];
+    pthread_mutex_unlock(&mm->mu);
+    return n;
+}
+
+KILN_API kiln_status kiln_model_load_report(const kiln_model *m, kiln_load_report *out)
+{
+    if (!m || !out)
+        return kiln__fail(KILN_ERR_ARG, "kiln_model_load_report: %s is NULL", m ? "out" : "model");
+    kiln_model *mm = (kiln_model *)m;
+    pthread_mutex_lock(&mm->mu);
+    *out = mm->report;
+    out->placements = 0;
+    for (int c = 0; c < mm->n_cores; c++)
+        out->placements += mm->placements[c];
+    pthread_mutex_unlock(&mm->mu);
+    return KILN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Placement
+ * ------------------------------------------------------------------------------------- */
+
+static void replica_free(rt_replica *r)
+{
+    if (!r)
+        return;
+    for (uint32_t i = 0; i < r->n_kernels; i++)
+        kk_free(r->kernels[i]);
+    kiln__free(r->kernels);
+    kiln__free(r->ptr);
+    kiln__free(r->arena);
+    kiln__free(r);
+}
+
+/* Verifies the weights once per model (whichever placement comes first). */
+static kiln_status verify_once(kiln_model *m)
+{
+    kiln_status s = KILN_OK;
+    pthread_mutex_lock(&m->verify_mu);
+    if (!m->verified) {
+        double t0 = kiln__now();
+        s = ka_verify_weights(m->file, m->prog);
+        double ms = (kiln__now() - t0) * 1e3;
+        pthread_mutex_lock(&m->mu);
+        m->report.verify_ms += ms;
+        pthread_mutex_unlock(&m->mu);
+        m->verified = s == KILN_OK;
+    }
+    pthread_mutex_unlock(&m->verify_mu);
+    return s;
+}
+
+typedef struct place_arg {
+    kiln_model *m;
+    rt_replica *rep;
+    double      place_ms, kernels_ms;
+} place_arg;
+
+/* Runs on the target core's worker. */
+static void place_job(rt_core *core, rt_job *job)
+{
+    place_arg *a = job->arg;
+    kiln_model *m = a->m;
+    const kp_program *p = m->prog;
+    job->status = verify_once(m);
+    if (job->status != KILN_OK)
+        return;
+    double t0 = kiln__now();
+    rt_replica *r = kiln__calloc(1, sizeof *r);
+    if (!r) {
+        job->status = kiln__fail(KILN_ERR_NOMEM, "out of memory placing the model");
+        return;
+    }
+    r->core = core->index;
+    r->arena = kiln__aligned_alloc(4096, p->arena_bytes ? p->arena_bytes : 1);
+    r->ptr = kiln__calloc(p->n_values ? p->n_values : 1, sizeof(void *));
+    r->kernels = kiln__calloc(p->n_ops ? p->n_ops : 1, sizeof(kk_kernel *));
+    if (!r->arena || !r->ptr || !r->kernels) {
+        replica_free(r);
+        job->status = kiln__fail(KILN_ERR_NOMEM, "out of memory placing the model (arena of %llu bytes)",
+                                 (unsigned long long)p->arena_bytes);
+        return;
+    }
+    for (uint32_t v = 0; v < p->n_values; v++) {
+        const kp_value *val = &p->values[v];
+        r->ptr[v] = val->kind == KP_VAL_CONST ? (void *)(p->weights + val->offset) : r->arena + val->offset;
+    }
+    double t1 = kiln__now();
+    for (uint32_t i = 0; i < p->n_ops; i++) {
+        kiln_status s = kk_create(core->kk, p, i, r->ptr, &r->kernels[i], &r->copied);
+        if (s != KILN_OK) {
+            replica_free(r);
+            job->status = s;
+            return;
+        }
+        r->n_kernels = i + 1;
+    }
+    a->rep = r;
+    a->place_ms = (t1 - t0) * 1e3;
+    a->kernels_ms = (kiln__now() - t1) * 1e3;
+    job->status = KILN_OK;
+}
+
+/* Places m on `core`. Called with m->mu held and pending already counted; drops and
+ * retakes m->mu around the job. On failure the model turns FAILED with the cause. */
+static kiln_status place_locked(kiln_model *m, int core, double t_trigger)
+{
+    place_arg a = { m, NULL, 0, 0 };
+    pthread_mutex_unlock(&m->mu);
+    kiln_status s = rt_run(rt_core_get(core), place_job, &a);
+    pthread_mutex_lock(&m->mu);
+    m->pending--;
+    if (s == KILN_OK) {
+        m->replicas[core] = a.rep;
+        m->placements[core]++;
+        m->report.place_ms = a.place_ms;
+        m->report.kernels_ms = a.kernels_ms;
+        m->report.copied_bytes = a.rep->copied;
+        m->report.core = core;
+        m->report.total_ms = (kiln__now() - t_trigger) * 1e3 + m->report.read_ms;
+        if (m->pending == 0)
+            m->state = KILN_LOADED;
+    } else {
+        rt_core_replicas_add(core, -1);
+        m->state = KILN_FAILED;
+        m->error = s;
+        snprintf(m->error_msg, sizeof m->error_msg, "%s", kiln_last_error());
+    }
+    pthread_cond_broadcast(&m->cv);
+    return s;
+}
+
+/* Returns a replica to run on: the first placed one, placing on the default core when
+ * there is none and none is pending. Exactly one placement happens however many threads
+ * call this at once. */
+static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
+{
+    kiln_status s = KILN_OK;
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        if (m->state == KILN_FAILED) {
+            s = kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
+                           m->error_msg);
+            break;
+        }
+        rt_replica *r = NULL;
+        for (int c = 0; c < m->n_cores && !r; c++)
+            r = m->replicas[c];
+        if (r) {
+            *out = r;
+            break;
+        }
+        if (m->pending > 0) {
+            pthread_cond_wait(&m->cv, &m->mu);
+            continue;
+        }
+        int core = rt_reserve_default_core(NULL);
+        if (core < 0) {
+            s = kiln__fail(KILN_ERR_CORE, "no core can take the model");
+            break;
+        }
+        m->pending++;
+        m->state = KILN_LOADING;
+        s = place_locked(m, core, kiln__now());
+        if (s != KILN_OK) {
+            s = kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
+                           m->error_msg);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return s;
+}
+
+KILN_API kiln_status kiln_load(const char *path, kiln_model **out)
+{
+    if (!path || !out)
+        return kiln__fail(KILN_ERR_ARG, "kiln_load: %s is NULL", path ? "out" : "path");
+    kiln__clear_error();
+    kiln_status s = rt_init();
+    if (s != KILN_OK)
+        return s;
+    double t0 = kiln__now();
+    ka_file *file = NULL;
+    kp_program *prog = NULL;
+    if ((s = ka_open(path, &file, &prog)) != KILN_OK)
+        return s;
+    double t1 = kiln__now();
+    kiln_model *m = NULL;
+    if ((s = model_new(prog, file, path, &m)) != KILN_OK) {
+        kp_program_free(prog);
+        ka_close(file);
+        return s;
+    }
+    m->report.read_ms = (t1 - t0) * 1e3;
+    if (!(m->flags & KP_FLAG_LAZY)) {
+        /* Eager (and, until the loader pool lands, async): verify and place now. */
+        rt_replica *r;
+        s = acquire_replica(m, &r);
+        if (s != KILN_OK) {
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s", m->error_msg[0] ? m->error_msg : kiln_last_error());
+            kiln_status cause = m->error ? m->error : s;
+            kiln_model_free(m);
+            return kiln__fail(cause, "%s", msg);
+        }
+        pthread_mutex_lock(&m->mu);
+        m->report.total_ms = (kiln__now() - t0) * 1e3;
+        pthread_mutex_unlock(&m->mu);
+    }
+    *out = m;
+    return KILN_OK;
+}
+
+KILN_API kiln_status kiln_wait(kiln_model *m)
+{
+    if (!m)
+        return kiln__fail(KILN_ERR_ARG, "kiln_wait: model is NULL");
+    kiln_status s = KILN_OK;
+    pthread_mutex_lock(&m->mu);
+    while (m->pending > 0)
+        pthread_cond_wait(&m->cv, &m->mu);
+    if (m->state == KILN_FAILED)
+        s = kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
+                       m->error_msg);
+    pthread_mutex_unlock(&m->mu);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Forward
+ * ------------------------------------------------------------------------------------- */
+
+/* Checks caller tensors against the program's values; KILN_ERR_SHAPE naming the mismatch. */
+kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t n_ids,
+                             const kiln_tensor *t, size_t n, const char *what)
+{
+    if (n != n_ids)
+        return kiln__fail(KILN_ERR_SHAPE, "the model has %u %ss, %zu given", n_ids, what, n);
+    if (n && !t)
+        return kiln__fail(KILN_ERR_ARG, "%ss are NULL", what);
+    for (size_t i = 0; i < n; i++) {
+        const kp_value *v = &p->values[ids[i]];
+        const char *name = kp_str(p, v->name);
+        char s1[160], s2[160];
+        if ((int)t[i].dtype != v->dtype)
+            return kiln__fail(KILN_ERR_SHAPE, "%s %zu ('%s') must be %s, got %s", what, i, name,
+                              kiln_dtype_name((kiln_dtype)v->dtype), kiln_dtype_name(t[i].dtype));
+        bool ok = t[i].ndim == v->ndim;
+        for (int d = 0; ok && d < v->ndim; d++)
+            ok = t[i].shape[d] == v->shape[d];
+        if (!ok)
+            return kiln__fail(KILN_ERR_SHAPE, "%s %zu ('%s') must have shape %s, got %s", what, i, name,
+                              kiln__shape_str(v->ndim, v->shape, s1, sizeof s1),
+                              kiln__shape_str(t[i].ndim < 0 || t[i].ndim > KILN_MAX_DIMS ? 0 : t[i].ndim,
+                                              t[i].shape, s2, sizeof s2));
+        if (!t[i].data && kp_value_numel(v) > 0)
+            return kiln__fail(KILN_ERR_ARG, "%s %zu ('%s') has no data", what, i, name);
+    }
+    return KILN_OK;
+}
+
+typedef struct forward_arg {
+    const kp_program  *p;
+    rt_replica        *rep;
+    const kiln_tensor *in;
+    kiln_tensor       *out;
+} forward_arg;
+
+static void forward_job(rt_core *core, rt_job *job)
+{
+    forward_arg *a = job->arg;
+    const kp_program *p = a->p;
+    rt_replica *r = a->rep;
+    for (uint32_t i = 0; i < p->n_inputs; i++) {
+        const kp_value *v = &p->values[p->inputs[i]];
+        memcpy(r->ptr[p->inputs[i]], a->in[i].data, kp_value_numel(v) * kiln_dtype_size(v->dtype));
+    }
+    for (uint32_t i = 0; i < p->n_ops; i++) {
+        kiln_status s = kk_run(r->kernels[i]);
+        if (s != KILN_OK) {
+            job->status = s;
+            return;
+        }
+    }
+    for (uint32_t i = 0; i < p->n_outputs; i++) {
+        const kp_value *v = &p->values[p->outputs[i]];
+        memcpy(a->out[i].data, r->ptr[p->outputs[i]], kp_value_numel(v) * kiln_dtype_size(v->dtype));
+    }
+    job->status = KILN_OK;
+}
+
+kiln_status rt_forward_replica(const kp_program *p, rt_replica *r, const kiln_tensor *in, kiln_tensor *out)
+{
+    forward_arg a = { p, r, in, out };
+    return rt_run(rt_core_get(r->core), forward_job, &a);
+}
+
+KILN_API kiln_status kiln_forward(kiln_model *m, const kiln_tensor *inputs, size_t n_in,
+                                  kiln_tensor *outputs, size_t n_out)
+{
+    if (!m)
+        return kiln__fail(KILN_ERR_ARG, "kiln_forward: model is NULL");
+    kiln__clear_error();
+    const kp_program *p = m->prog;
+    kiln_status s = rt_check_tensors(p, p->inputs, p->n_inputs, inputs, n_in, "input");
+    if (s == KILN_OK)
+        s = rt_check_tensors(p, p->outputs, p->n_outputs, outputs, n_out, "output");
+    if (s != KILN_OK)
+        return s;
+    if ((s = rt_init()) != KILN_OK)
+        return s;
+    rt_replica *r = NULL;
+    if ((s = acquire_replica(m, &r)) != KILN_OK)
+        return s;
+    return rt_forward_replica(p, r, inputs, outputs);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Free
+ * ------------------------------------------------------------------------------------- */
+
+static void free_job(rt_core *core, rt_job *job)
+{
+    replica_free(job->arg);
+    job->status = KILN_OK;
+}
+
+KILN_API void kiln_model_free(kiln_model *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    while (m->pending > 0)
+        pthread_cond_wait(&m->cv, &m->mu);
+    pthread_mutex_unlock(&m->mu);
+    for (int c = 0; c < m->n_cores; c++) {
+        if (!m->replicas[c])
+            continue;
+        rt_run(rt_core_get(c), free_job, m->replicas[c]);
+        rt_core_replicas_add(c, -1);
+    }
+    kp_program_free(m->prog);
+    ka_close(m->file);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->verify_mu);
+    kiln__free(m->replicas);
+    kiln__free(m->placements);
+    kiln__free(m->path);
+    kiln__free(m);
+}

@@ -1,0 +1,50 @@
+/*
+ * model.h — private to the runtime: the kiln_model behind the public handle and its
+ * replicas, shared by model.c (load, place, forward) and dp.c (data-parallel).
+ */
+#ifndef KILN_MODEL_H
+#define KILN_MODEL_H
+
+#include "runtime/runtime.h"
+
+/* One placement of a model on one core: its activation arena, the address of every value
+ * and the kernels. Touched only by that core's worker once placed. */
+typedef struct rt_replica {
+    int         core;
+    uint8_t    *arena;
+    void      **ptr;          /* per value: arena slot or weight address */
+    kk_kernel **kernels;      /* per op */
+    uint32_t    n_kernels;
+    uint64_t    copied;       /* weight bytes reordered/copied at placement */
+} rt_replica;
+
+struct kiln_model {
+    /* immutable after construction */
+    kp_program       *prog;
+    ka_file          *file;        /* NULL for a traced model */
+    char             *path;        /* "" for a traced model */
+    int               n_cores;
+
+    pthread_mutex_t   mu;          /* guards everything below but `verified` */
+    pthread_cond_t    cv;          /* broadcast when a placement ends */
+    uint32_t          flags;       /* KP_FLAG_* */
+    kiln_load_state   state;
+    int               pending;     /* placements in flight */
+    rt_replica      **replicas;    /* per core, NULL if none */
+    uint32_t         *placements;  /* per core: placements made so far */
+    kiln_status       error;       /* FAILED: the cause */
+    char              error_msg[512];
+    kiln_load_report  report;
+
+    pthread_mutex_t   verify_mu;   /* guards `verified` (taken before mu, never inside it) */
+    bool              verified;    /* weight checksums checked */
+};
+
+/* Checks caller tensors against program values ids[0..n_ids). */
+KILN_INTERNAL kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t n_ids,
+                                           const kiln_tensor *t, size_t n, const char *what);
+/* Runs replica r on its core's worker and waits. */
+KILN_INTERNAL kiln_status rt_forward_replica(const kp_program *p, rt_replica *r,
+                                             const kiln_tensor *in, kiln_tensor *out);
+
+#endif
