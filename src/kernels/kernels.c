@@ -1,0 +1,184 @@
+/*
+ * kernels.c — the kernels dispatcher: cores (thread count + the oneDNN side's per-core
+ * state), and for each op the choice between a oneDNN kernel (dnnl.c, when kd_supports
+ * says so and oneDNN accepts the shapes) and the plain C reference kernel (ref_*.c), which
+ * can run every op kiln emits. A reference kernel always sees dense weights: a packed
+ * constant is unpacked into memory owned by a small wrapper around it.
+ */
+#include "kernels/kernels_impl.h"
+
+#include <omp.h>
+#include <string.h>
+
+kiln_status kk_core_create(int n_threads, kk_core **out)
+{
+    if (!out || n_threads < 1)
+        return kiln__fail(KILN_ERR_ARG, "kk_core_create: need an out pointer and n_threads >= 1"
+                          " (got %d)", n_threads);
+    kk_core *c = kiln__calloc(1, sizeof *c);
+    if (!c)
+        return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory for a core");
+    c->n_threads = n_threads;
+    /* oneDNN specialises primitives to the OpenMP team size in force when they are made:
+     * fix it on this (the core's) thread before anything is created here. */
+    omp_set_num_threads(n_threads);
+    kiln_status st = kd_core_init(c);
+    if (st) {
+        kiln__free(c);
+        return st;
+    }
+    *out = c;
+    return KILN_OK;
+}
+
+void kk_core_free(kk_core *c)
+{
+    if (!c)
+        return;
+    kd_core_fini(c);
+    kiln__free(c);
+}
+
+kiln_status kk_check(const kp_program *p, uint32_t i)
+{
+    if (!p || i >= p->n_ops)
+        return kiln__fail(KILN_ERR_ARG, "kk_check: op %u out of range", i);
+    return kr_check(p, i);
+}
+
+/* A reference kernel plus the dense copies of packed weights it reads. */
+typedef struct kk_unpacked {
+    kk_kernel  base;
+    kk_kernel *inner;
+    int        n;
+    void      *buf[];
+} kk_unpacked;
+
+static kiln_status unpacked_run(kk_kernel *k)
+{
+    kk_unpacked *u = (kk_unpacked *)k;
+    return u->inner->run(u->inner);
+}
+
+static void unpacked_destroy(kk_kernel *k)
+{
+    kk_unpacked *u = (kk_unpacked *)k;
+    if (u->inner)
+        u->inner->destroy(u->inner);
+    for (int j = 0; j < u->n; j++)
+        kiln__free(u->buf[j]);
+    kiln__free(u);
+}
+
+static bool packed_const(const kp_program *p, int v)
+{
+    return v >= 0 && (uint32_t)v < p->n_values && p->values[v].kind == KP_VAL_CONST &&
+           p->values[v].n_layout > 0;
+}
+
+static kiln_status create_ref(const kp_program *p, uint32_t i, void *const *ptr,
+                              kk_kernel **out, uint64_t *copied)
+{
+    const kp_op *op = &p->ops[i];
+    const int32_t *in = kp_op_in(p, op);
+    int n = 0;
+    for (int j = 0; j < op->n_in; j++)
+        n += packed_const(p, in[j]);
+    if (!n)
+        return kr_create(p, i, ptr, out);
+
+    kiln_status st = KILN_OK;
+    uint64_t bytes = 0;
+    void **ptr2 = kiln__malloc((p->n_values ? p->n_values : 1) * sizeof *ptr2);
+    kk_unpacked *u = kiln__calloc(1, sizeof *u + (size_t)n * sizeof u->buf[0]);
+    if (!ptr2 || !u) {
+        st = kiln__fail(KILN_ERR_NOMEM, "op %u '%s': out of memory unpacking weights", i,
+                        kp_str(p, op->name));
+        goto fail;
+    }
+    memcpy(ptr2, ptr, p->n_values * sizeof *ptr2);
+    for (int j = 0; j < op->n_in; j++) {
+        int v = in[j];
+        if (!packed_const(p, v) || ptr2[v] != ptr[v])
+            continue;   /* dense, or already unpacked (the same weight used twice) */
+        const kp_value *val = &p->values[v];
+        if ((uint64_t)val->layout + val->n_layout > p->n_blob) {
+            st = kiln__fail(KILN_ERR_FORMAT, "op %u '%s': layout of '%s' outside the blob", i,
+                            kp_str(p, op->name), kp_str(p, val->name));
+            goto fail;
+        }
+        size_t nb = (size_t)kp_value_numel(val) * kiln_dtype_size((kiln_dtype)val->dtype);
+        void *b = kiln__aligned_alloc(KP_ALIGN, nb ? nb : 1);
+        if (!b) {
+            st = kiln__fail(KILN_ERR_NOMEM, "op %u '%s': out of memory unpacking '%s'", i,
+                            kp_str(p, op->name), kp_str(p, val->name));
+            goto fail;
+        }
+        u->buf[u->n++] = b;
+        st = kd_unpack(val, p->blob + val->layout, val->n_layout, ptr[v], b);
+        if (st) {
+            kiln__error_prefix("op %u '%s': weight '%s'", i, kp_str(p, op->name),
+                               kp_str(p, val->name));
+            goto fail;
+        }
+        ptr2[v] = b;
+        bytes += nb;
+    }
+    if ((st = kr_create(p, i, ptr2, &u->inner)))
+        goto fail;
+    kiln__free(ptr2);
+    u->base.run = unpacked_run;
+    u->base.destroy = unpacked_destroy;
+    u->base.prog = p;
+    u->base.op = i;
+    if (copied)
+        *copied += bytes;
+    *out = &u->base;
+    return KILN_OK;
+fail:
+    kiln__free(ptr2);
+    if (u)
+        unpacked_destroy(&u->base);
+    return st;
+}
+
+kiln_status kk_create(kk_core *c, const kp_program *p, uint32_t i, void *const *ptr,
+                      kk_kernel **out, uint64_t *copied)
+{
+    if (!c || !p || !ptr || !out || i >= p->n_ops)
+        return kiln__fail(KILN_ERR_ARG, "kk_create: bad argument (op %u)", i);
+    if (kd_supports(p, i)) {
+        kiln_status st = kd_create(c, p, i, ptr, out, copied);
+        if (st != KILN_ERR_UNSUPPORTED)
+            return st;
+        kiln__clear_error();   /* oneDNN declined these shapes: the reference runs it */
+    }
+    return create_ref(p, i, ptr, out, copied);
+}
+
+kiln_status kk_run(kk_kernel *k) { return k->run(k); }
+
+void kk_free(kk_kernel *k)
+{
+    if (k)
+        k->destroy(k);
+}
+
+kiln_status kk_pack_weight(const kp_program *p, uint32_t i, int which, const void *plain,
+                           void **packed, size_t *n_packed, void **layout, size_t *n_layout)
+{
+    if (!p || i >= p->n_ops || !packed || !n_packed || !layout || !n_layout)
+        return kiln__fail(KILN_ERR_ARG, "kk_pack_weight: bad argument (op %u)", i);
+    *packed = *layout = NULL;
+    *n_packed = *n_layout = 0;
+    if (!kd_supports(p, i))
+        return KILN_OK;
+    return kd_pack_weight(p, i, which, plain, packed, n_packed, layout, n_layout);
+}
+
+const char *kk_layout_name(const void *layout, size_t n_layout, char *buf, size_t n)
+{
+    if (!layout || !n_layout)
+        return "dense";
+    return kd_layout_name(layout, n_layout, buf, n);
+}
