@@ -1,0 +1,795 @@
+/*
+ * onnx_node_tests.c — the ONNX conformance runner: every backend node test of ONNX's test
+ * data (model.onnx + test_data_set_0/{input,output}_N.pb) traced by kiln, run, and compared
+ * with the reference outputs. Each test runs in its own child process with a time limit, so
+ * a crash or hang fails that test only.
+ *
+ *   onnx_node_tests [DIR] [--filter SUBSTR] [-v] [--ops-out FILE] [--exclusions FILE]
+ *
+ * A test is: passed (outputs match), unsupported (the import or trace says
+ * KILN_ERR_UNSUPPORTED: a deliberate gap, reported with its reason), FAILED (any other error,
+ * a mismatch, a crash or a timeout), or excluded (listed in the exclusions file, with the
+ * reason). Floats match when max|got - ref| <= atol + rtol * max|ref| (NaN matches NaN);
+ * integers and bools match exactly. Exit status 1 if any test failed.
+ */
+#define _GNU_SOURCE
+#include "kiln.h"
+#include "onnx/graph.h"
+#include "onnx.pb-c.h"
+
+#include <dirent.h>
+#include <stdarg.h>
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_DIR "/usr/share/libonnx-testdata/data/node"
+#define TIMEOUT_S   20
+#define ATOL        1e-5
+#define MAX_IO      64
+
+/* ---- small utilities ---- */
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "onnx_node_tests: out of memory\n");
+        exit(2);
+    }
+    return q;
+}
+
+static char *xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    return memcpy(xrealloc(NULL, n), s, n);
+}
+
+/* A growing string. */
+typedef struct strbuf {
+    char  *s;
+    size_t n, cap;
+} strbuf;
+
+static void sb_add(strbuf *b, const char *data, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        b->cap = (b->n + n + 1) * 2;
+        b->s = xrealloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->n, data, n);
+    b->n += n;
+    b->s[b->n] = '\0';
+}
+
+/* path = printf(fmt, ...) into a PATH_LEN buffer (an over-long path just fails to open). */
+#define PATH_LEN 4096
+static void mkpath(char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mkpath(char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(path, PATH_LEN, fmt, ap);
+    va_end(ap);
+}
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* ---- exclusions: "test_name  reason", # comments ---- */
+
+typedef struct exclusion {
+    char *name, *reason;
+    bool  seen;
+} exclusion;
+
+static exclusion *excl;
+static size_t     n_excl;
+
+static void read_exclusions(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "onnx_node_tests: cannot read exclusions %s (%s): running everything\n",
+                path, strerror(errno));
+        return;
+    }
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        char *name = p;
+        while (*p && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            p++;
+        if (p == name)
+            continue;
+        if (*p)
+            *p++ = '\0';
+        while (*p == ' ' || *p == '\t')
+            p++;
+        char *reason = p;
+        size_t rl = strlen(reason);
+        while (rl && (reason[rl - 1] == '\n' || reason[rl - 1] == '\r' || reason[rl - 1] == ' '
+                      || reason[rl - 1] == '\t'))
+            reason[--rl] = '\0';
+        excl = xrealloc(excl, (n_excl + 1) * sizeof *excl);
+        excl[n_excl].name = xstrdup(name);
+        excl[n_excl].reason = xstrdup(rl ? reason : "(no reason given)");
+        excl[n_excl].seen = false;
+        n_excl++;
+    }
+    fclose(f);
+}
+
+static exclusion *find_exclusion(const char *name)
+{
+    for (size_t i = 0; i < n_excl; i++) {
+        if (strcmp(excl[i].name, name) == 0)
+            return &excl[i];
+    }
+    return NULL;
+}
+
+/* ---- the child: one test, reported on a pipe as lines "O op", "M message", "R P|U|F" ---- */
+
+static FILE *report;
+
+static void say(char kind, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(char kind, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (char *c = msg; *c; c++) {
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
+    }
+    fprintf(report, "%c %s\n", kind, msg);
+    fflush(report);
+}
+
+/* The op types of the model's nodes, in order, without repeats; Constant only if alone. */
+static void report_ops(const char *model)
+{
+    FILE *f = fopen(model, "rb");
+    if (!f)
+        return;
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap)
+            buf = xrealloc(buf, cap = cap ? cap * 2 : 65536);
+        size_t r = fread(buf + n, 1, cap - n, f);
+        if (r == 0)
+            break;
+        n += r;
+    }
+    fclose(f);
+    Onnx__ModelProto *mp = onnx__model_proto__unpack(NULL, n, buf);
+    free(buf);
+    if (!mp)
+        return;
+    if (mp->graph) {
+        const Onnx__GraphProto *g = mp->graph;
+        int reported = 0;
+        for (int pass = 0; pass < 2 && !reported; pass++) {
+            for (size_t i = 0; i < g->n_node; i++) {
+                const char *op = g->node[i]->op_type ? g->node[i]->op_type : "?";
+                if (pass == 0 && strcmp(op, "Constant") == 0)
+                    continue;
+                bool dup = false;
+                for (size_t j = 0; j < i; j++)
+                    dup |= g->node[j]->op_type && strcmp(g->node[j]->op_type, op) == 0;
+                if (!dup) {
+                    say('O', "%s", op);
+                    reported++;
+                }
+            }
+        }
+    }
+    onnx__model_proto__free_unpacked(mp, NULL);
+}
+
+static float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp == 0) {
+        float v = ldexpf((float)man, -24);
+        return sign ? -v : v;
+    } else {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static double elem_as_double(const void *data, kiln_dtype t, size_t i)
+{
+    switch (t) {
+    case KILN_F32: return ((const float *)data)[i];
+    case KILN_F64: return ((const double *)data)[i];
+    case KILN_F16: return f16_to_f32(((const uint16_t *)data)[i]);
+    case KILN_BF16: {
+        uint32_t bits = (uint32_t)((const uint16_t *)data)[i] << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    case KILN_I8: return ((const int8_t *)data)[i];
+    case KILN_U8: return ((const uint8_t *)data)[i];
+    case KILN_I32: return ((const int32_t *)data)[i];
+    case KILN_I64: return (double)((const int64_t *)data)[i];
+    case KILN_BOOL: return ((const uint8_t *)data)[i] != 0;
+    }
+    return 0;
+}
+
+static bool is_float(kiln_dtype t)
+{
+    return t == KILN_F32 || t == KILN_F64 || t == KILN_F16 || t == KILN_BF16;
+}
+
+/* Relative tolerance per dtype: f16/bf16 results are rounded to far fewer bits. */
+static double rtol_of(kiln_dtype t)
+{
+    return t == KILN_F16 ? 1e-3 : t == KILN_BF16 ? 1e-2 : 1e-4;
+}
+
+/* Compares one output; false (with a message) on a mismatch. */
+static bool compare(const char *name, kiln_dtype t, size_t n, const void *got, const void *ref,
+                    char *msg, size_t msgn)
+{
+    if (!is_float(t)) {
+        size_t sz = kiln_dtype_size(t);
+        for (size_t i = 0; i < n; i++) {
+            bool same = t == KILN_BOOL ? ((((const uint8_t *)got)[i] != 0) == (((const uint8_t *)ref)[i] != 0))
+                                       : memcmp((const char *)got + i * sz, (const char *)ref + i * sz, sz) == 0;
+            if (!same) {
+                size_t bad = 0;
+                for (size_t j = i; j < n; j++)
+                    bad += memcmp((const char *)got + j * sz, (const char *)ref + j * sz, sz) != 0;
+                snprintf(msg, msgn, "output '%s' (%s): %zu of %zu elements differ, first at %zu: got %.17g, want %.17g",
+                         name, kiln_dtype_name(t), bad, n, i, elem_as_double(got, t, i),
+                         elem_as_double(ref, t, i));
+                return false;
+            }
+        }
+        return true;
+    }
+    double maxref = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = elem_as_double(ref, t, i);
+        if (isfinite(r) && fabs(r) > maxref)
+            maxref = fabs(r);
+    }
+    double tol = ATOL + rtol_of(t) * maxref, worst = 0;
+    size_t bad = 0, first = n;
+    for (size_t i = 0; i < n; i++) {
+        double r = elem_as_double(ref, t, i), o = elem_as_double(got, t, i);
+        bool ok;
+        if (isnan(r))
+            ok = isnan(o);
+        else if (isinf(r))
+            ok = o == r;
+        else
+            ok = isfinite(o) && fabs(o - r) <= tol;
+        if (!ok) {
+            bad++;
+            if (first == n)
+                first = i;
+            double d = isfinite(o) ? fabs(o - r) : INFINITY;
+            if (d > worst || isnan(d))
+                worst = d;
+        }
+    }
+    if (!bad)
+        return true;
+    snprintf(msg, msgn, "output '%s' (%s): %zu of %zu elements off, max |diff| %.3g > tolerance %.3g; "
+             "first at %zu: got %.9g, want %.9g",
+             name, kiln_dtype_name(t), bad, n, worst, tol, first, elem_as_double(got, t, first),
+             elem_as_double(ref, t, first));
+    return false;
+}
+
+static bool same_shape(int na, const int64_t *a, int nb, const int64_t *b)
+{
+    if (na != nb)
+        return false;
+    for (int i = 0; i < na; i++) {
+        if (a[i] != b[i])
+            return false;
+    }
+    return true;
+}
+
+/* The test itself; returns 'P', 'U' or 'F' after saying why. */
+static char run_one(const char *dir)
+{
+    char path[PATH_LEN], s1[128], s2[128];
+    mkpath(path, "%s/model.onnx", dir);
+    report_ops(path);
+
+    kiln_onnx *g = NULL;
+    kiln_model *m = NULL;
+    kg_tensor *in_t[MAX_IO] = { 0 }, *ref_t[MAX_IO] = { 0 };
+    void *out_buf[MAX_IO] = { 0 };
+    size_t n_in = 0, n_out = 0;
+    char verdict = 'F';
+
+    kiln_status st = kiln_onnx_open(path, &g);
+    if (st != KILN_OK) {
+        say('M', "import: %s: %s", kiln_status_name(st), kiln_last_error());
+        return st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
+    }
+
+    /* example inputs: test_data_set_0/input_N.pb, in the graph's input order */
+    n_in = kiln_onnx_num_inputs(g);
+    size_t files = 0;
+    for (;; files++) {
+        mkpath(path, "%s/test_data_set_0/input_%zu.pb", dir, files);
+        if (!file_exists(path))
+            break;
+    }
+    if (n_in > MAX_IO || files != n_in) {
+        say('M', "the graph has %zu inputs, test_data_set_0 has %zu input files", n_in, files);
+        goto done;
+    }
+    kiln_tensor inputs[MAX_IO];
+    for (size_t i = 0; i < n_in; i++) {
+        const char *name;
+        kiln_tensor spec;
+        if ((st = kiln_onnx_input(g, i, &name, &spec)) != KILN_OK) {
+            say('M', "kiln_onnx_input(%zu): %s: %s", i, kiln_status_name(st), kiln_last_error());
+            goto done;
+        }
+        mkpath(path, "%s/test_data_set_0/input_%zu.pb", dir, i);
+        if ((st = kg_read_tensor_file(path, &in_t[i], NULL)) != KILN_OK) {
+            say('M', "reading input_%zu.pb: %s: %s", i, kiln_status_name(st), kiln_last_error());
+            verdict = st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
+            goto done;
+        }
+        kg_tensor *t = in_t[i];
+        if (t->dtype != spec.dtype || t->ndim != spec.ndim) {
+            say('M', "input '%s': the data is %s %s, the graph declares %s rank %d", name,
+                kiln_dtype_name(t->dtype), kiln__shape_str(t->ndim, t->shape, s1, sizeof s1),
+                kiln_dtype_name(spec.dtype), spec.ndim);
+            goto done;
+        }
+        memset(&inputs[i], 0, sizeof inputs[i]);
+        inputs[i].dtype = t->dtype;
+        inputs[i].ndim = t->ndim;
+        memcpy(inputs[i].shape, t->shape, sizeof t->shape);
+        inputs[i].data = t->data ? t->data : (void *)&inputs[i]; /* empty: any valid pointer */
+    }
+
+    if ((st = kiln_onnx_trace(g, inputs, n_in, &m)) != KILN_OK) {
+        say('M', "trace: %s: %s", kiln_status_name(st), kiln_last_error());
+        verdict = st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
+        goto done;
+    }
+
+    /* outputs: shapes and dtypes as the model declares them, checked against the reference */
+    n_out = kiln_model_num_outputs(m);
+    files = 0;
+    for (;; files++) {
+        mkpath(path, "%s/test_data_set_0/output_%zu.pb", dir, files);
+        if (!file_exists(path))
+            break;
+    }
+    if (n_out > MAX_IO || files != n_out) {
+        say('M', "the model has %zu outputs, test_data_set_0 has %zu output files", n_out, files);
+        n_out = 0;
+        goto done;
+    }
+    kiln_tensor outputs[MAX_IO];
+    const char *out_name[MAX_IO];
+    for (size_t i = 0; i < n_out; i++) {
+        if ((st = kiln_model_output(m, i, &out_name[i], &outputs[i])) != KILN_OK) {
+            say('M', "kiln_model_output(%zu): %s: %s", i, kiln_status_name(st), kiln_last_error());
+            goto done;
+        }
+        mkpath(path, "%s/test_data_set_0/output_%zu.pb", dir, i);
+        if ((st = kg_read_tensor_file(path, &ref_t[i], NULL)) != KILN_OK) {
+            say('M', "reading output_%zu.pb: %s: %s", i, kiln_status_name(st), kiln_last_error());
+            verdict = st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
+            goto done;
+        }
+        const kg_tensor *r = ref_t[i];
+        if (outputs[i].dtype != r->dtype
+            || !same_shape(outputs[i].ndim, outputs[i].shape, r->ndim, r->shape)) {
+            say('M', "output '%s': kiln declares %s %s, the reference is %s %s", out_name[i],
+                kiln_dtype_name(outputs[i].dtype),
+                kiln__shape_str(outputs[i].ndim, outputs[i].shape, s1, sizeof s1),
+                kiln_dtype_name(r->dtype), kiln__shape_str(r->ndim, r->shape, s2, sizeof s2));
+            goto done;
+        }
+        out_buf[i] = calloc(1, r->nbytes ? r->nbytes : 1);
+        outputs[i].data = out_buf[i];
+    }
+
+    if ((st = kiln_forward(m, inputs, n_in, outputs, n_out)) != KILN_OK) {
+        say('M', "forward: %s: %s", kiln_status_name(st), kiln_last_error());
+        goto done;
+    }
+    verdict = 'P';
+    for (size_t i = 0; i < n_out; i++) {
+        char msg[1024];
+        const kg_tensor *r = ref_t[i];
+        size_t n = r->nbytes / kiln_dtype_size(r->dtype);
+        if (!compare(out_name[i], r->dtype, n, out_buf[i], r->data, msg, sizeof msg)) {
+            say('M', "%s", msg);
+            verdict = 'F';
+        }
+    }
+
+done:
+    for (size_t i = 0; i < MAX_IO; i++) {
+        kg_tensor_free(in_t[i]);
+        kg_tensor_free(ref_t[i]);
+        free(out_buf[i]);
+    }
+    kiln_model_free(m);
+    kiln_onnx_free(g);
+    return verdict;
+}
+
+/* ---- the parent: fork, collect the child's report, enforce the time limit ---- */
+
+typedef struct result {
+    char *name;
+    char *op;        /* the op type the test belongs to (see assign_ops) */
+    char *ops;       /* the model's op types, space separated */
+    char  verdict;   /* 'P' passed, 'U' unsupported, 'F' failed, 'X' excluded */
+    char *msg;
+} result;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void run_isolated(const char *dir, result *r)
+{
+    int fds[2];
+    if (pipe(fds) != 0) {
+        perror("pipe");
+        exit(2);
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        exit(2);
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        report = fdopen(fds[1], "w");
+        if (!report)
+            _exit(3);
+        char v = run_one(dir);
+        say('R', "%c", v);
+        fclose(report);
+        exit(0); /* exit, not _exit: lets a sanitizer's leak check run in the child */
+    }
+    close(fds[1]);
+    strbuf out = { 0 };
+    double deadline = now() + TIMEOUT_S;
+    bool timed_out = false;
+    for (;;) {
+        double left = deadline - now();
+        if (left <= 0) {
+            timed_out = true;
+            break;
+        }
+        struct pollfd p = { fds[0], POLLIN, 0 };
+        int k = poll(&p, 1, (int)(left * 1000) + 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k == 0)
+            continue;
+        char buf[4096];
+        ssize_t n = read(fds[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        sb_add(&out, buf, (size_t)n);
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+
+    /* parse the report */
+    strbuf ops = { 0 }, msg = { 0 };
+    char verdict = 0;
+    for (char *line = out.s; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        if (line[0] && line[1] == ' ') {
+            const char *text = line + 2;
+            if (line[0] == 'O') {
+                if (ops.n)
+                    sb_add(&ops, " ", 1);
+                sb_add(&ops, text, strlen(text));
+            } else if (line[0] == 'M') {
+                if (msg.n)
+                    sb_add(&msg, "; ", 2);
+                sb_add(&msg, text, strlen(text));
+            } else if (line[0] == 'R') {
+                verdict = text[0];
+            }
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    free(out.s);
+    char why[256] = "";
+    if (timed_out)
+        snprintf(why, sizeof why, "timed out after %d s", TIMEOUT_S);
+    else if (WIFSIGNALED(status))
+        snprintf(why, sizeof why, "crashed (signal %d, %s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    else if (!verdict)
+        snprintf(why, sizeof why, "the child exited (status %d) without a result", WEXITSTATUS(status));
+    else if (WEXITSTATUS(status) != 0)
+        snprintf(why, sizeof why, "the child exited with status %d after its result (sanitizer?)",
+                 WEXITSTATUS(status));
+    if (why[0]) {
+        verdict = 'F';
+        if (msg.n)
+            sb_add(&msg, "; ", 2);
+        sb_add(&msg, why, strlen(why));
+    }
+    r->verdict = verdict;
+    r->ops = ops.s ? ops.s : xstrdup("");
+    r->msg = msg.s ? msg.s : xstrdup("");
+}
+
+/* ---- which op a test belongs to ---- */
+
+/* lowercase without underscores, for matching "test_reduce_sum_square_..." with ReduceSumSquare */
+static void squash(const char *s, char *out, size_t n)
+{
+    size_t k = 0;
+    for (; *s && k + 1 < n; s++) {
+        if (*s != '_')
+            out[k++] = (char)(*s >= 'A' && *s <= 'Z' ? *s - 'A' + 'a' : *s);
+    }
+    out[k] = '\0';
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* A test whose model has one op type belongs to that op. Others (expanded functions, models
+ * kiln could not read) belong to the op, among those single-op tests exercise, whose name
+ * is the longest prefix of the test's name; failing that, to their first op. */
+static void assign_ops(result *res, size_t n)
+{
+    char **primary = NULL;
+    size_t n_primary = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].ops[0] && !strchr(res[i].ops, ' ')) {
+            primary = xrealloc(primary, (n_primary + 1) * sizeof *primary);
+            primary[n_primary++] = res[i].ops;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].ops[0] && !strchr(res[i].ops, ' ')) {
+            res[i].op = xstrdup(res[i].ops);
+            continue;
+        }
+        char tname[512], oname[512];
+        squash(res[i].name + (strncmp(res[i].name, "test_", 5) == 0 ? 5 : 0), tname, sizeof tname);
+        const char *best = NULL;
+        size_t best_len = 0;
+        for (size_t k = 0; k < n_primary; k++) {
+            squash(primary[k], oname, sizeof oname);
+            size_t l = strlen(oname);
+            if (l > best_len && strncmp(tname, oname, l) == 0) {
+                best = primary[k];
+                best_len = l;
+            }
+        }
+        if (best) {
+            res[i].op = xstrdup(best);
+        } else if (res[i].ops[0]) {
+            size_t l = strcspn(res[i].ops, " ");
+            res[i].op = xstrdup(res[i].ops);
+            res[i].op[l] = '\0';
+        } else {
+            res[i].op = xstrdup("(unknown)");
+        }
+    }
+    free(primary);
+}
+
+/* ---- main ---- */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: onnx_node_tests [DIR] [--filter SUBSTR] [-v] [--ops-out FILE] "
+                    "[--exclusions FILE]\n  DIR defaults to " DEFAULT_DIR "\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = DEFAULT_DIR, *filter = NULL, *ops_out = NULL;
+#ifdef KILN_NODE_EXCLUSIONS
+    const char *excl_path = KILN_NODE_EXCLUSIONS;
+#else
+    const char *excl_path = NULL;
+#endif
+    bool verbose = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-v") == 0)
+            verbose = true;
+        else if (strcmp(argv[i], "--filter") == 0 && i + 1 < argc)
+            filter = argv[++i];
+        else if (strcmp(argv[i], "--ops-out") == 0 && i + 1 < argc)
+            ops_out = argv[++i];
+        else if (strcmp(argv[i], "--exclusions") == 0 && i + 1 < argc)
+            excl_path = argv[++i];
+        else if (argv[i][0] == '-')
+            usage();
+        else
+            dir = argv[i];
+    }
+    if (excl_path)
+        read_exclusions(excl_path);
+
+    struct dirent **ents;
+    int n_ents = scandir(dir, &ents, NULL, alphasort);
+    if (n_ents < 0) {
+        fprintf(stderr, "onnx_node_tests: cannot read %s (%s)\n", dir, strerror(errno));
+        return 2;
+    }
+    result *res = NULL;
+    size_t n_res = 0;
+    char path[PATH_LEN];
+    double t0 = now();
+    for (int e = 0; e < n_ents; e++) {
+        const char *name = ents[e]->d_name;
+        mkpath(path, "%s/%s/model.onnx", dir, name);
+        if (name[0] == '.' || (filter && !strstr(name, filter)) || !file_exists(path))
+            continue;
+        res = xrealloc(res, (n_res + 1) * sizeof *res);
+        result *r = &res[n_res++];
+        memset(r, 0, sizeof *r);
+        r->name = xstrdup(name);
+        exclusion *x = find_exclusion(name);
+        if (x) {
+            x->seen = true;
+            r->verdict = 'X';
+            r->ops = xstrdup("");
+            r->msg = xstrdup(x->reason);
+            printf("excluded    %s: %s\n", name, x->reason);
+            continue;
+        }
+        mkpath(path, "%s/%s", dir, name);
+        run_isolated(path, r);
+        if (r->verdict == 'F')
+            printf("FAILED      %s [%s]: %s\n", name, r->ops, r->msg);
+        else if (verbose)
+            printf("%-11s %s [%s]%s%s\n", r->verdict == 'P' ? "passed" : "unsupported", name,
+                   r->ops, r->msg[0] ? ": " : "", r->msg);
+    }
+    for (int e = 0; e < n_ents; e++)
+        free(ents[e]);
+    free(ents);
+    for (size_t i = 0; i < n_excl; i++) {
+        if (!excl[i].seen && !filter)
+            printf("note: excluded test %s does not exist in %s\n", excl[i].name, dir);
+    }
+
+    /* per-op table: ops with at least one passing test */
+    assign_ops(res, n_res);
+    char **ops = NULL;
+    size_t n_ops = 0;
+    for (size_t i = 0; i < n_res; i++) {
+        if (res[i].verdict != 'P')
+            continue;
+        bool dup = false;
+        for (size_t k = 0; k < n_ops && !dup; k++)
+            dup = strcmp(ops[k], res[i].op) == 0;
+        if (!dup) {
+            ops = xrealloc(ops, (n_ops + 1) * sizeof *ops);
+            ops[n_ops++] = res[i].op;
+        }
+    }
+    qsort(ops, n_ops, sizeof *ops, cmp_str);
+    printf("\nsupported ops (tests passed / run):\n");
+    for (size_t k = 0; k < n_ops; k++) {
+        int passed = 0, run = 0;
+        for (size_t i = 0; i < n_res; i++) {
+            if (strcmp(res[i].op, ops[k]) == 0 && res[i].verdict != 'X') {
+                run++;
+                passed += res[i].verdict == 'P';
+            }
+        }
+        printf("  %-28s %3d / %d\n", ops[k], passed, run);
+    }
+    printf("\nunsupported variants of those ops:\n");
+    int listed = 0;
+    for (size_t k = 0; k < n_ops; k++) {
+        for (size_t i = 0; i < n_res; i++) {
+            if (res[i].verdict == 'U' && strcmp(res[i].op, ops[k]) == 0) {
+                printf("  %s (%s): %s\n", res[i].name, ops[k], res[i].msg);
+                listed++;
+            }
+        }
+    }
+    if (!listed)
+        printf("  (none)\n");
+
+    int n_pass = 0, n_fail = 0, n_unsup = 0, n_ex = 0;
+    for (size_t i = 0; i < n_res; i++) {
+        n_pass += res[i].verdict == 'P';
+        n_fail += res[i].verdict == 'F';
+        n_unsup += res[i].verdict == 'U';
+        n_ex += res[i].verdict == 'X';
+    }
+    if (n_fail) {
+        printf("\nfailed:");
+        for (size_t i = 0; i < n_res; i++) {
+            if (res[i].verdict == 'F')
+                printf(" %s", res[i].name);
+        }
+        printf("\n");
+    }
+    if (ops_out) {
+        FILE *f = fopen(ops_out, "w");
+        if (!f) {
+            fprintf(stderr, "onnx_node_tests: cannot write %s (%s)\n", ops_out, strerror(errno));
+            n_fail++;
+        } else {
+            for (size_t k = 0; k < n_ops; k++)
+                fprintf(f, "%s\n", ops[k]);
+            fclose(f);
+        }
+    }
+    printf("(%.1f s)\n", now() - t0);
+    printf("onnx node tests: %d passed, %d failed, %d unsupported, %d excluded\n", n_pass, n_fail,
+           n_unsup, n_ex);
+
+    for (size_t i = 0; i < n_res; i++) {
+        free(res[i].name);
+        free(res[i].op);
+        free(res[i].ops);
+        free(res[i].msg);
+    }
+    free(res);
+    free(ops);
+    for (size_t i = 0; i < n_excl; i++) {
+        free(excl[i].name);
+        free(excl[i].reason);
+    }
+    free(excl);
+    return n_fail ? 1 : 0;
+}
