@@ -1,0 +1,633 @@
+/*
+ * lower_tensor.c — lowerings of the data-movement and reduction ops: Gather, Transpose,
+ * Slice, Concat, Split, Expand, Tile, Pad, the ReduceX family, ArgMax/ArgMin, CumSum,
+ * DepthToSpace/SpaceToDepth, Resize/Upsample, and Trilu and OneHot (built from
+ * comparisons and Where). Every index argument is resolved to constants here.
+ */
+#include "compiler/lower_impl.h"
+
+#include <math.h>
+#include <string.h>
+
+kiln_status kc_lower_gather(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, idx;
+    int axis;
+    int64_t shape[2 * KILN_MAX_DIMS];
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &idx));
+    KC_TRY(kc_check_rank(c, n, &x, "data", 1, KILN_MAX_DIMS));
+    if (idx.dt != KILN_I32 && idx.dt != KILN_I64)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices must be i32 or i64, got %s",
+                       kiln_dtype_name(idx.dt));
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
+    int r = 0;
+    for (int i = 0; i < axis; i++)
+        shape[r++] = x.shape[i];
+    for (int i = 0; i < idx.ndim; i++)
+        shape[r++] = idx.shape[i];
+    for (int i = axis + 1; i < x.ndim; i++)
+        shape[r++] = x.shape[i];
+    int64_t ia = axis;
+    int in[2] = {x.id, idx.id};
+    return kc_emit_out(c, n, KP_GATHER, 0, in, 2, x.dt, r, shape, &ia, 1, NULL, 0);
+}
+
+kiln_status kc_lower_transpose(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, y;
+    int64_t perm[KILN_MAX_DIMS], shape[KILN_MAX_DIMS];
+    size_t cnt;
+    bool seen[KILN_MAX_DIMS] = {false};
+    KC_TRY(kc_arg(c, n, 0, &x));
+    const int64_t *p = kg_attr_ints(n, "perm", &cnt);
+    if (p && (int)cnt != x.ndim)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "perm has %zu values for rank %d", cnt, x.ndim);
+    for (int i = 0; i < x.ndim; i++) {
+        perm[i] = p ? p[i] : x.ndim - 1 - i;
+        if (perm[i] < 0 || perm[i] >= x.ndim || seen[perm[i]])
+            return kc_fail(c, n, KILN_ERR_SHAPE, "perm is not a permutation");
+        seen[perm[i]] = true;
+        shape[i] = x.shape[perm[i]];
+    }
+    /* moving only extent-1 dims keeps the element order: a free reshape */
+    int last = -1;
+    bool order_kept = true;
+    for (int i = 0; i < x.ndim; i++) {
+        if (x.shape[perm[i]] == 1)
+            continue;
+        order_kept &= perm[i] > last;
+        last = (int)perm[i];
+    }
+    if (order_kept)
+        KC_TRY(kc_reshape(c, n, &x, x.ndim, shape, &y));
+    else
+        KC_TRY(kc_emit1(c, n, KP_TRANSPOSE, 0, &x.id, 1, x.dt, x.ndim, shape, perm, x.ndim, NULL,
+                        0, &y));
+    return kc_out(c, n, 0, &y);
+}
+
+kiln_status kc_lower_slice(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, y;
+    int64_t st[KILN_MAX_DIMS], en[KILN_MAX_DIMS], ax[KILN_MAX_DIMS], sp[KILN_MAX_DIMS];
+    int ns, ne, na, nsp;
+    bool p_st, p_en, p_ax, p_sp, seen[KILN_MAX_DIMS] = {false};
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_ints_arg(c, n, "starts", 1, st, KILN_MAX_DIMS, &ns, &p_st));
+    KC_TRY(kc_ints_arg(c, n, "ends", 2, en, KILN_MAX_DIMS, &ne, &p_en));
+    KC_TRY(kc_ints_arg(c, n, "axes", 3, ax, KILN_MAX_DIMS, &na, &p_ax));
+    KC_TRY(kc_ints_arg(c, n, NULL, 4, sp, KILN_MAX_DIMS, &nsp, &p_sp));
+    if (!p_st || !p_en || ns != ne || (p_ax && na != ns) || (p_sp && nsp != ns))
+        return kc_fail(c, n, KILN_ERR_SHAPE, "starts, ends, axes and steps disagree in length");
+    int64_t ia[2 * KILN_MAX_DIMS], *starts = ia, *steps = ia + x.ndim, shape[KILN_MAX_DIMS];
+    for (int d = 0; d < x.ndim; d++) {
+        starts[d] = 0;
+        steps[d] = 1;
+        shape[d] = x.shape[d];
+    }
+    for (int i = 0; i < ns; i++) {
+        int d;
+        KC_TRY(kc_axis(c, n, p_ax ? ax[i] : i, x.ndim, &d));
+        if (seen[d])
+            return kc_fail(c, n, KILN_ERR_SHAPE, "axis %d sliced twice", d);
+        seen[d] = true;
+        int64_t dim = x.shape[d], step = p_sp ? sp[i] : 1, s = st[i], e = en[i], len;
+        if (step == 0)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "step 0 on axis %d", d);
+        if (s < 0)
+            s += dim;
+        if (e < 0)
+            e += dim;
+        if (step > 0) {
+            s = s < 0 ? 0 : s > dim ? dim : s;
+            e = e < 0 ? 0 : e > dim ? dim : e;
+            len = e > s ? (e - s + step - 1) / step : 0;
+        } else {
+            s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
+            e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
+            len = s > e ? (s - e - step - 1) / -step : 0;
+        }
+        starts[d] = len ? s : 0;
+        steps[d] = step;
+        shape[d] = len;
+    }
+    bool whole = true;
+    for (int d = 0; d < x.ndim; d++)
+        whole &= shape[d] == x.shape[d] && (steps[d] == 1 || shape[d] <= 1) && starts[d] == 0;
+    if (whole)
+        return kc_out(c, n, 0, &x);
+    KC_TRY(kc_emit1(c, n, KP_SLICE, 0, &x.id, 1, x.dt, x.ndim, shape, ia, 2 * x.ndim, NULL, 0, &y));
+    return kc_out(c, n, 0, &y);
+}
+
+kiln_status kc_lower_concat(kc_ctx *c, const kg_node *n)
+{
+    kc_val first, t;
+    int axis, in[64], k = 0;
+    int64_t shape[KILN_MAX_DIMS];
+    const kg_attr *a = kg_attr_find(n, "axis");
+    if (!a || a->type != KG_ATTR_INT)
+        return kc_fail(c, n, KILN_ERR_FORMAT, "missing attribute 'axis'");
+    if (n->n_in < 1 || n->n_in > 64)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "%d inputs (1..64)", n->n_in);
+    KC_TRY(kc_arg(c, n, 0, &first));
+    KC_TRY(kc_check_rank(c, n, &first, "input 0", 1, KILN_MAX_DIMS));
+    KC_TRY(kc_axis(c, n, a->i, first.ndim, &axis));
+    memcpy(shape, first.shape, sizeof shape);
+    shape[axis] = 0;
+    for (int i = 0; i < n->n_in; i++) {
+        KC_TRY(kc_arg(c, n, i, &t));
+        if (kc_numel(&t) == 0 && (t.ndim != first.ndim || t.shape[axis] == 0))
+            continue;                       /* empty inputs add nothing */
+        KC_TRY(kc_same_dtype(c, n, &first, &t));
+        if (t.ndim != first.ndim)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "input %d has rank %d, input 0 %d", i, t.ndim,
+                           first.ndim);
+        for (int d = 0; d < t.ndim; d++)
+            if (d != axis && t.shape[d] != first.shape[d])
+                return kc_fail(c, n, KILN_ERR_SHAPE, "input %d differs from input 0 on axis %d", i, d);
+        shape[axis] += t.shape[axis];
+        in[k++] = t.id;
+    }
+    if (k == 1) {
+        kc_snap(c, in[0], &t);
+        return kc_out(c, n, 0, &t);
+    }
+    int64_t ia = axis;
+    return kc_emit_out(c, n, KP_CONCAT, 0, in, k, first.dt, first.ndim, shape, &ia, 1, NULL, 0);
+}
+
+kiln_status kc_lower_split(kc_ctx *c, const kg_node *n)
+{
+    kc_val x;
+    int axis, cnt, outs[64];
+    int64_t sizes[64];
+    bool present;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 1, KILN_MAX_DIMS));
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
+    int n_out = n->n_out;
+    if (n_out < 1 || n_out > 64)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "%d outputs (1..64)", n_out);
+    int64_t dim = x.shape[axis];
+    KC_TRY(kc_ints_arg(c, n, "split", 1, sizes, 64, &cnt, &present));
+    if (!present) {                  /* equal parts; the last smaller if they do not divide */
+        int64_t parts = kg_attr_int(n, "num_outputs", n_out);
+        if (parts != n_out)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "num_outputs %lld but %d outputs",
+                           (long long)parts, n_out);
+        int64_t chunk = (dim + n_out - 1) / n_out;
+        for (int i = 0; i < n_out; i++)
+            sizes[i] = i < n_out - 1 ? chunk : dim - chunk * (n_out - 1);
+        cnt = n_out;
+    }
+    int64_t total = 0;
+    for (int i = 0; i < cnt; i++) {
+        if (sizes[i] < 0)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "cannot split %lld into %d parts", (long long)dim,
+                           n_out);
+        total += sizes[i];
+    }
+    if (cnt != n_out || total != dim)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "split sizes do not add up to %lld in %d parts",
+                       (long long)dim, n_out);
+    if (n_out == 1)
+        return kc_out(c, n, 0, &x);
+    int64_t shape[KILN_MAX_DIMS], ia = axis;
+    memcpy(shape, x.shape, sizeof shape);
+    for (int i = 0; i < n_out; i++) {
+        shape[axis] = sizes[i];
+        if ((outs[i] = kc_new_value(c, x.dt, x.ndim, shape)) < 0)
+            return KILN_ERR_NOMEM;
+    }
+    KC_TRY(kc_emit(c, n, KP_SPLIT, 0, &x.id, 1, outs, n_out, &ia, 1, NULL, 0));
+    for (int i = 0; i < n_out; i++)
+        if (kc_output_wanted(c, n, i))
+            KC_TRY(kc_set_output(c, n, i, outs[i]));
+    return KILN_OK;
+}
+
+kiln_status kc_lower_expand(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, s;
+    int64_t want[KILN_MAX_DIMS], shape[KILN_MAX_DIMS];
+    int cnt, nd;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &s));
+    if (s.ndim != 1 || s.shape[0] > KILN_MAX_DIMS)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "shape must be 1-D of at most %d", KILN_MAX_DIMS);
+    KC_TRY(kc_const_ints(c, n, s.id, want, KILN_MAX_DIMS, &cnt));
+    KC_TRY(kc_broadcast(c, n, x.ndim, x.shape, cnt, want, &nd, shape));
+    if (kc_same_shape(nd, shape, x.ndim, x.shape))
+        return kc_out(c, n, 0, &x);
+    if (kiln__numel(nd, shape) == kc_numel(&x)) {     /* only adds leading 1s */
+        KC_TRY(kc_reshape(c, n, &x, nd, shape, &s));
+        return kc_out(c, n, 0, &s);
+    }
+    return kc_emit_out(c, n, KP_EXPAND, 0, &x.id, 1, x.dt, nd, shape, NULL, 0, NULL, 0);
+}
+
+kiln_status kc_lower_tile(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, r;
+    int64_t rep[KILN_MAX_DIMS], shape[KILN_MAX_DIMS];
+    int cnt;
+    bool ones = true;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &r));
+    if (kc_numel(&r) != x.ndim)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "repeats has %lld values for rank %d",
+                       (long long)kc_numel(&r), x.ndim);
+    KC_TRY(kc_const_ints(c, n, r.id, rep, KILN_MAX_DIMS, &cnt));
+    for (int i = 0; i < x.ndim; i++) {
+        if (rep[i] < 0)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "repeats[%d] = %lld", i, (long long)rep[i]);
+        ones &= rep[i] == 1;
+        shape[i] = x.shape[i] * rep[i];
+    }
+    if (ones)
+        return kc_out(c, n, 0, &x);
+    return kc_emit_out(c, n, KP_TILE, 0, &x.id, 1, x.dt, x.ndim, shape, NULL, 0, NULL, 0);
+}
+
+kiln_status kc_lower_pad(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, t;
+    int64_t pads[2 * KILN_MAX_DIMS], ax[KILN_MAX_DIMS], ia[2 * KILN_MAX_DIMS] = {0};
+    int np, na, axes[KILN_MAX_DIMS];
+    bool p_pads, p_ax;
+    double value = kc_attr_num(n, "value", 0.0);
+    KC_TRY(kc_arg(c, n, 0, &x));
+    const char *ms = kg_attr_string(n, "mode", "constant");
+    int mode;
+    if (!strcmp(ms, "constant"))
+        mode = KP_PAD_CONSTANT;
+    else if (!strcmp(ms, "reflect"))
+        mode = KP_PAD_REFLECT;
+    else if (!strcmp(ms, "edge"))
+        mode = KP_PAD_EDGE;
+    else if (!strcmp(ms, "wrap"))
+        mode = KP_PAD_WRAP;
+    else
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "mode '%s'", ms);
+    KC_TRY(kc_ints_arg(c, n, "pads", 1, pads, 2 * KILN_MAX_DIMS, &np, &p_pads));
+    KC_TRY(kc_ints_arg(c, n, NULL, 3, ax, KILN_MAX_DIMS, &na, &p_ax));
+    if (!p_pads)
+        return kc_fail(c, n, KILN_ERR_FORMAT, "missing pads");
+    if (kc_opt_arg(c, n, 2, &t) && kc_numel(&t) > 0) {
+        int cnt;
+        KC_TRY(kc_const_floats(c, n, t.id, &value, 1, &cnt));
+    }
+    if (p_ax) {
+        KC_TRY(kc_axes(c, n, ax, na, x.ndim, axes));
+        /* kc_axes sorts; pads follow the given order, so map each given axis */
+        for (int i = 0; i < na; i++)
+            KC_TRY(kc_axis(c, n, ax[i], x.ndim, &axes[i]));
+    } else {
+        na = x.ndim;
+        for (int i = 0; i < na; i++)
+            axes[i] = i;
+    }
+    if (np != 2 * na)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "%d pads for %d axes", np, na);
+    int64_t *pb = ia, *pe = ia + x.ndim, shape[KILN_MAX_DIMS];
+    bool none = true;
+    for (int i = 0; i < na; i++) {
+        pb[axes[i]] = pads[i];
+        pe[axes[i]] = pads[na + i];
+    }
+    for (int d = 0; d < x.ndim; d++) {
+        int64_t dim = x.shape[d];
+        shape[d] = dim + pb[d] + pe[d];
+        none &= pb[d] == 0 && pe[d] == 0;
+        if (shape[d] < 0)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "pads crop axis %d below zero", d);
+        int64_t lim = mode == KP_PAD_REFLECT ? dim - 1 : mode == KP_PAD_CONSTANT ? INT64_MAX : dim;
+        if ((pb[d] > 0 && pb[d] > lim) || (pe[d] > 0 && pe[d] > lim))
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "%s pad wider than axis %d (extent %lld)",
+                           ms, d, (long long)dim);
+    }
+    if (none)
+        return kc_out(c, n, 0, &x);
+    float fv = (float)value;
+    return kc_emit_out(c, n, KP_PAD, mode, &x.id, 1, x.dt, x.ndim, shape, ia, 2 * x.ndim, &fv, 1);
+}
+
+static const struct { const char *op; uint8_t alg; } reduce_defs[] = {
+    {"ReduceSum", KP_R_SUM}, {"ReduceMean", KP_R_MEAN}, {"ReduceMax", KP_R_MAX},
+    {"ReduceMin", KP_R_MIN}, {"ReduceProd", KP_R_PROD}, {"ReduceL1", KP_R_L1},
+    {"ReduceL2", KP_R_L2}, {"ReduceLogSum", KP_R_LOG_SUM},
+    {"ReduceLogSumExp", KP_R_LOG_SUM_EXP}, {"ReduceSumSquare", KP_R_SUM_SQUARE},
+};
+
+kiln_status kc_lower_reduce(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, y;
+    int64_t a[KILN_MAX_DIMS], ia[1 + KILN_MAX_DIMS], shape[KILN_MAX_DIMS];
+    int cnt, axes[KILN_MAX_DIMS], alg = -1;
+    bool present, red[KILN_MAX_DIMS] = {false};
+    for (size_t i = 0; i < sizeof reduce_defs / sizeof *reduce_defs; i++)
+        if (!strcmp(reduce_defs[i].op, n->op_type))
+            alg = reduce_defs[i].alg;
+    KILN_ASSERT(alg >= 0);
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_ints_arg(c, n, "axes", 1, a, KILN_MAX_DIMS, &cnt, &present));
+    bool keep = kg_attr_int(n, "keepdims", 1) != 0;
+    if (cnt == 0 && kg_attr_int(n, "noop_with_empty_axes", 0))
+        return kc_out(c, n, 0, &x);
+    kc_val src = x;
+    if (x.ndim == 0) {                       /* a scalar: reduce it as [1] */
+        int64_t one = 1;
+        KC_TRY(kc_reshape(c, n, &x, 1, &one, &src));
+        cnt = 0;
+    }
+    if (cnt == 0) {
+        cnt = src.ndim;
+        for (int i = 0; i < cnt; i++)
+            axes[i] = i;
+    } else {
+        KC_TRY(kc_axes(c, n, a, cnt, src.ndim, axes));
+    }
+    ia[0] = cnt;
+    for (int i = 0; i < cnt; i++) {
+        ia[1 + i] = axes[i];
+        red[axes[i]] = true;
+    }
+    int r = 0;
+    for (int d = 0; d < src.ndim; d++)
+        if (!red[d] || keep)
+            shape[r++] = red[d] ? 1 : src.shape[d];
+    KC_TRY(kc_emit1(c, n, KP_REDUCE, alg, &src.id, 1, src.dt, r, shape, ia, 1 + cnt, NULL, 0, &y));
+    if (x.ndim == 0)
+        KC_TRY(kc_reshape(c, n, &y, 0, NULL, &y));
+    return kc_out(c, n, 0, &y);
+}
+
+kiln_status kc_lower_argreduce(kc_ctx *c, const kg_node *n)
+{
+    kc_val x;
+    int axis, r = 0;
+    int64_t shape[KILN_MAX_DIMS];
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 1, KILN_MAX_DIMS));
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
+    int64_t ia[3] = {axis, kg_attr_int(n, "keepdims", 1) != 0,
+                     kg_attr_int(n, "select_last_index", 0) != 0};
+    for (int d = 0; d < x.ndim; d++)
+        if (d != axis || ia[1])
+            shape[r++] = d == axis ? 1 : x.shape[d];
+    return kc_emit_out(c, n, KP_ARGREDUCE, !strcmp(n->op_type, "ArgMin"), &x.id, 1, KILN_I64, r,
+                       shape, ia, 3, NULL, 0);
+}
+
+kiln_status kc_lower_cumsum(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, t;
+    int64_t a;
+    int cnt, axis;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &t));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 1, KILN_MAX_DIMS));
+    if (kc_numel(&t) != 1)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "axis must be a scalar");
+    KC_TRY(kc_const_ints(c, n, t.id, &a, 1, &cnt));
+    KC_TRY(kc_axis(c, n, a, x.ndim, &axis));
+    int64_t ia[3] = {axis, kg_attr_int(n, "exclusive", 0) != 0, kg_attr_int(n, "reverse", 0) != 0};
+    return kc_emit_out(c, n, KP_CUMSUM, 0, &x.id, 1, x.dt, x.ndim, x.shape, ia, 3, NULL, 0);
+}
+
+kiln_status kc_lower_depth_space(kc_ctx *c, const kg_node *n)
+{
+    kc_val x;
+    int sub;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 4, 4));
+    int64_t b = kg_attr_int(n, "blocksize", 0), shape[4];
+    if (b < 1)
+        return kc_fail(c, n, KILN_ERR_FORMAT, "blocksize %lld", (long long)b);
+    if (!strcmp(n->op_type, "SpaceToDepth")) {
+        sub = 2;
+        if (x.shape[2] % b || x.shape[3] % b)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "spatial dims not divisible by blocksize %lld",
+                           (long long)b);
+        int64_t s[4] = {x.shape[0], x.shape[1] * b * b, x.shape[2] / b, x.shape[3] / b};
+        memcpy(shape, s, sizeof s);
+    } else {
+        const char *mode = kg_attr_string(n, "mode", "DCR");
+        if (!strcmp(mode, "DCR"))
+            sub = 0;
+        else if (!strcmp(mode, "CRD"))
+            sub = 1;
+        else
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "mode '%s'", mode);
+        if (x.shape[1] % (b * b))
+            return kc_fail(c, n, KILN_ERR_SHAPE, "channels not divisible by blocksize^2");
+        int64_t s[4] = {x.shape[0], x.shape[1] / (b * b), x.shape[2] * b, x.shape[3] * b};
+        memcpy(shape, s, sizeof s);
+    }
+    return kc_emit_out(c, n, KP_DEPTH_SPACE, sub, &x.id, 1, x.dt, 4, shape, &b, 1, NULL, 0);
+}
+
+/* ---- Resize ---- */
+
+static int str_index(const char *s, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (names[i] && !strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+kiln_status kc_lower_resize(kc_ctx *c, const kg_node *n)
+{
+    static const char *const modes[] = {"nearest", "linear", "cubic"};
+    static const char *const coords[] = {"half_pixel", "pytorch_half_pixel", "align_corners",
+                                         "asymmetric", NULL, "half_pixel_symmetric"};
+    static const char *const nearest[] = {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"};
+    kc_val x, t, y;
+    double sc[KILN_MAX_DIMS];
+    int64_t sizes[KILN_MAX_DIMS], ax[KILN_MAX_DIMS], shape[KILN_MAX_DIMS];
+    int nsc = 0, nsz = 0, na, axes[KILN_MAX_DIMS];
+    bool p_ax, legacy = !strcmp(n->op_type, "Upsample") || kc_opset(c) < 11;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    const char *ms = kg_attr_string(n, "mode", "nearest");
+    int mode = str_index(ms, modes, 3);
+    if (!strcmp(ms, "bilinear"))
+        mode = KP_RESIZE_LINEAR;
+    if (mode < 0)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "mode '%s'", ms);
+    int64_t ia[3] = {KP_RC_ASYMMETRIC, KP_RN_FLOOR, 0};
+    if (!legacy) {
+        const char *cs = kg_attr_string(n, "coordinate_transformation_mode", "half_pixel");
+        const char *ns = kg_attr_string(n, "nearest_mode", "round_prefer_floor");
+        if ((ia[0] = str_index(cs, coords, 6)) < 0)
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "coordinate_transformation_mode '%s'", cs);
+        if ((ia[1] = str_index(ns, nearest, 4)) < 0)
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "nearest_mode '%s'", ns);
+        ia[2] = kg_attr_int(n, "exclude_outside", 0) != 0;
+        if (kg_attr_int(n, "antialias", 0))
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "antialias");
+    }
+    /* scales: Upsample-7 attribute, Upsample-9 / Resize-10 input 1, Resize-11+ input 2;
+     * sizes: Resize-11+ input 3. An empty tensor is an absent input. */
+    const kg_attr *sa = kg_attr_find(n, "scales");
+    if (sa && sa->type == KG_ATTR_FLOATS) {
+        if (sa->n > KILN_MAX_DIMS)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "%zu scales", sa->n);
+        nsc = (int)sa->n;
+        for (int i = 0; i < nsc; i++)
+            sc[i] = sa->floats[i];
+    } else if (kc_opt_arg(c, n, legacy ? 1 : 2, &t) && kc_numel(&t) > 0) {
+        if (kc_numel(&t) > KILN_MAX_DIMS)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "%lld scales", (long long)kc_numel(&t));
+        KC_TRY(kc_const_floats(c, n, t.id, sc, KILN_MAX_DIMS, &nsc));
+    }
+    if (!legacy && kc_opt_arg(c, n, 3, &t) && kc_numel(&t) > 0) {
+        if (kc_numel(&t) > KILN_MAX_DIMS)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "%lld sizes", (long long)kc_numel(&t));
+        KC_TRY(kc_const_ints(c, n, t.id, sizes, KILN_MAX_DIMS, &nsz));
+    }
+    if ((nsc > 0) == (nsz > 0))
+        return kc_fail(c, n, KILN_ERR_SHAPE, "exactly one of scales and sizes must be given");
+    KC_TRY(kc_ints_arg(c, n, "axes", -1, ax, KILN_MAX_DIMS, &na, &p_ax));
+    if (p_ax) {
+        KC_TRY(kc_axes(c, n, ax, na, x.ndim, axes));
+        for (int i = 0; i < na; i++)
+            KC_TRY(kc_axis(c, n, ax[i], x.ndim, &axes[i]));   /* keep the given order */
+    } else {
+        na = x.ndim;
+        for (int i = 0; i < na; i++)
+            axes[i] = i;
+    }
+    if ((nsc ? nsc : nsz) != na)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "%d scales/sizes for %d axes", nsc ? nsc : nsz, na);
+    if (nsz && strcmp(kg_attr_string(n, "keep_aspect_ratio_policy", "stretch"), "stretch"))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "keep_aspect_ratio_policy other than stretch");
+    float fa[KILN_MAX_DIMS + 2];
+    bool same = true;
+    for (int d = 0; d < x.ndim; d++) {
+        shape[d] = x.shape[d];
+        fa[d] = 1.0f;
+    }
+    for (int i = 0; i < na; i++) {
+        int d = axes[i];
+        if (nsc) {
+            if (!(sc[i] > 0))
+                return kc_fail(c, n, KILN_ERR_SHAPE, "scale %g on axis %d", sc[i], d);
+            fa[d] = (float)sc[i];
+            shape[d] = (int64_t)floor((double)x.shape[d] * (double)fa[d]);
+        } else {
+            if (sizes[i] < 0)
+                return kc_fail(c, n, KILN_ERR_SHAPE, "size %lld on axis %d", (long long)sizes[i], d);
+            shape[d] = sizes[i];
+            fa[d] = x.shape[d] ? (float)((double)sizes[i] / (double)x.shape[d]) : 1.0f;
+        }
+        same &= shape[d] == x.shape[d] && fa[d] == 1.0f;
+    }
+    if (ia[0] == KP_RC_TF_CROP_AND_RESIZE)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "tf_crop_and_resize");
+    if (same)
+        return kc_out(c, n, 0, &x);
+    fa[x.ndim] = (float)kc_attr_num(n, "cubic_coeff_a", -0.75);
+    fa[x.ndim + 1] = (float)kc_attr_num(n, "extrapolation_value", 0.0);
+    KC_TRY(kc_emit1(c, n, KP_RESIZE, mode, &x.id, 1, x.dt, x.ndim, shape, ia, 3, fa, x.ndim + 2, &y));
+    return kc_out(c, n, 0, &y);
+}
+
+/* ---- Trilu, OneHot: comparisons against constants and a Where ---- */
+
+kiln_status kc_lower_trilu(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, t, mask, zero, y;
+    int64_t k = 0;
+    int cnt;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 2, KILN_MAX_DIMS));
+    if (kc_opt_arg(c, n, 1, &t)) {
+        if (kc_numel(&t) != 1)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "k must be a scalar");
+        KC_TRY(kc_const_ints(c, n, t.id, &k, 1, &cnt));
+    }
+    bool upper = kg_attr_int(n, "upper", 1) != 0;
+    int64_t rows = x.shape[x.ndim - 2], cols = x.shape[x.ndim - 1];
+    uint8_t *m = kiln__malloc((size_t)(rows * cols) + 1);
+    if (!m)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory for a Trilu mask");
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++)
+            m[i * cols + j] = upper ? j - i >= k : j - i <= k;
+    kiln_status s = kc_const(c, KILN_BOOL, 2, x.shape + x.ndim - 2, m, &mask);
+    kiln__free(m);
+    KC_TRY(s);
+    uint64_t z = 0;
+    KC_TRY(kc_const(c, x.dt, 0, NULL, &z, &zero));
+    int in[3] = {mask.id, x.id, zero.id};
+    KC_TRY(kc_emit1(c, n, KP_WHERE, 0, in, 3, x.dt, x.ndim, x.shape, NULL, 0, NULL, 0, &y));
+    return kc_out(c, n, 0, &y);
+}
+
+/* y = where(unsqueeze(idx < 0 ? idx + depth : idx, axis) == arange(depth) placed at axis,
+ *           on, off) */
+kiln_status kc_lower_onehot(kc_ctx *c, const kg_node *n)
+{
+    kc_val idx, dep, val, t, zero, dv, neg, sum, on, off, range, eq, y;
+    int64_t depth, s[KILN_MAX_DIMS];
+    double dd;
+    int cnt, axis;
+    KC_TRY(kc_arg(c, n, 0, &idx));
+    KC_TRY(kc_arg(c, n, 1, &dep));
+    KC_TRY(kc_arg(c, n, 2, &val));
+    if (kc_numel(&dep) != 1 || kc_numel(&val) != 2)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "depth must be a scalar and values have 2 elements");
+    KC_TRY(kc_const_floats(c, n, dep.id, &dd, 1, &cnt));
+    depth = (int64_t)dd;
+    if (depth < 1)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "depth %lld", (long long)depth);
+    int r = idx.ndim + 1;
+    if (r > KILN_MAX_DIMS)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "output rank %d", r);
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", -1), r, &axis));
+    if (idx.dt != KILN_I64)
+        KC_TRY(kc_emit1(c, n, KP_CAST, 0, &idx.id, 1, KILN_I64, idx.ndim, idx.shape, NULL, 0, NULL,
+                        0, &idx));
+    int64_t z = 0;
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &z, &zero));
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &depth, &dv));
+    KC_TRY(kc_binary(c, n, KP_B_LESS, &idx, &zero, &neg));
+    KC_TRY(kc_binary(c, n, KP_B_ADD, &idx, &dv, &sum));
+    int in[3] = {neg.id, sum.id, idx.id};
+    KC_TRY(kc_emit1(c, n, KP_WHERE, 0, in, 3, KILN_I64, idx.ndim, idx.shape, NULL, 0, NULL, 0, &idx));
+    for (int i = 0, j = 0; i < r; i++)
+        s[i] = i == axis ? 1 : idx.shape[j++];
+    KC_TRY(kc_reshape(c, n, &idx, r, s, &idx));
+    int64_t *ar = kiln__malloc((size_t)depth * sizeof *ar);
+    if (!ar)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory for OneHot");
+    for (int64_t i = 0; i < depth; i++)
+        ar[i] = i;
+    for (int i = 0; i < r; i++)
+        s[i] = i == axis ? depth : 1;
+    kiln_status st = kc_const(c, KILN_I64, r - axis, s + axis, ar, &range);
+    kiln__free(ar);
+    KC_TRY(st);
+    KC_TRY(kc_binary(c, n, KP_B_EQUAL, &idx, &range, &eq));
+    /* off = values[0], on = values[1] */
+    int64_t i0 = 0, i1 = 1, flat = 2, gi = 0;
+    KC_TRY(kc_reshape(c, n, &val, 1, &flat, &val));
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &i0, &t));
+    int g0[2] = {val.id, t.id};
+    KC_TRY(kc_emit1(c, n, KP_GATHER, 0, g0, 2, val.dt, 0, NULL, &gi, 1, NULL, 0, &off));
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &i1, &t));
+    int g1[2] = {val.id, t.id};
+    KC_TRY(kc_emit1(c, n, KP_GATHER, 0, g1, 2, val.dt, 0, NULL, &gi, 1, NULL, 0, &on));
+    int w[3] = {eq.id, on.id, off.id};
+    KC_TRY(kc_emit1(c, n, KP_WHERE, 0, w, 3, val.dt, eq.ndim, eq.shape, NULL, 0, NULL, 0, &y));
+    return kc_out(c, n, 0, &y);
+}
+
+kiln_status kc_lower_einsum(kc_ctx *c, const kg_node *n)
+{
+    return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "Einsum equation '%s'",
+                   kg_attr_string(n, "equation", ""));
+}
