@@ -239,7 +239,7 @@ static inline const int64_t *kp_op_ia(const kp_program *p, const kp_op *op) { re
 static inline const float *kp_op_fa(const kp_program *p, const kp_op *op) { return p->fa + op->fa; }
 static inline int64_t kp_value_numel(const kp_value *v) { return kiln__numel(v->ndim, v->shape); }
 
-/* Frees all arrays, and the weights when owned. */
+/* Frees all arrays, the weights when owned, and p itself (NULL: no-op). */
 KILN_INTERNAL void kp_program_free(kp_program *p);
 /* Checks every index of a program against its pools and every value's shape, size and
  * offset against the arena and weight section; KILN_ERR_FORMAT naming what is wrong.
