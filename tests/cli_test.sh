@@ -68,7 +68,7 @@ has() {
 ok help "$KILN" --help
 has help "usage: kiln"
 ok help2 "$KILN" help
-has help2 "kiln trace"
+has help2 "trace MODEL.onnx"
 ok help_run "$KILN" help run
 has help_run "--no-dynamic-batching"
 ok run_help "$KILN" run --help

@@ -252,6 +252,9 @@ static int read_input(const cli_run_opts *o, cli_run_state *st, size_t i)
     kiln_status s = npy_read(path, t);
     if (s != KILN_OK)
         return cli_error("%s: input '%s': %s", kiln_status_name(s), name, npy_last_error());
+    if (o->cores_arg && o->dim >= want->ndim)
+        return cli_usage_error("run", "--dim %d: input '%s' has only %d dimensions", o->dim, name,
+                               (int)want->ndim);
     int ok = t->dtype == want->dtype && t->ndim == want->ndim;
     for (int d = 0; ok && d < t->ndim; d++)
         ok = t->shape[d] == want->shape[d] || (o->cores_arg && d == o->dim && t->shape[d] > 0);
@@ -265,9 +268,6 @@ static int read_input(const cli_run_opts *o, cli_run_state *st, size_t i)
         return cli_error("%s: input '%s': expected %s, got %s from %s",
                          kiln_status_name(KILN_ERR_SHAPE), name, ws, gs, path);
     }
-    if (o->cores_arg && o->dim >= want->ndim)
-        return cli_usage_error("run", "--dim %d: input '%s' has only %d dimensions", o->dim, name,
-                               (int)want->ndim);
     return 0;
 }
 
@@ -328,13 +328,10 @@ static int ensure_dir(const char *dir)
 
 static int write_outputs(const cli_run_opts *o, cli_run_state *st)
 {
-    int rc;
-    if (o->out_dir && (rc = ensure_dir(o->out_dir)) != 0)
-        return rc;
+    int rc = 0;
     char (*files)[256] = calloc(st->n_out ? st->n_out : 1, sizeof *files);
     if (!files)
         return cli_error("out of memory");
-    rc = 0;
     for (size_t i = 0; i < st->n_out && rc == 0; i++) {
         char base[200], path[4096], spec[300];
         safe_name(st->out_names[i], i, base, sizeof base);
@@ -452,6 +449,9 @@ int cli_run(int argc, char **argv)
     for (size_t i = 0; i < st.n_out; i++)
         if ((rc = alloc_output(&o, &st, i)) != 0)
             goto done;
+
+    if (o.out_dir && (rc = ensure_dir(o.out_dir)) != 0)
+        goto done;
 
     printf("loaded %s (%s) in %.2f ms\n", o.artifact, mode_str(st.m), load_ms);
     if (o.cores_arg) {
