@@ -46,10 +46,12 @@ kiln_status kk_check(const kp_program *p, uint32_t i)
     return kr_check(p, i);
 }
 
-/* A reference kernel plus the dense copies of packed weights it reads. */
+/* A reference kernel plus the dense copies of packed weights it reads, and the pointer
+ * table it was created with (kept: a kernel may read ptr[] again when it runs). */
 typedef struct kk_unpacked {
     kk_kernel  base;
     kk_kernel *inner;
+    void     **ptr;
     int        n;
     void      *buf[];
 } kk_unpacked;
@@ -67,6 +69,7 @@ static void unpacked_destroy(kk_kernel *k)
         u->inner->destroy(u->inner);
     for (int j = 0; j < u->n; j++)
         kiln__free(u->buf[j]);
+    kiln__free(u->ptr);
     kiln__free(u);
 }
 
@@ -97,6 +100,7 @@ static kiln_status create_ref(const kp_program *p, uint32_t i, void *const *ptr,
         goto fail;
     }
     memcpy(ptr2, ptr, p->n_values * sizeof *ptr2);
+    u->ptr = ptr2;
     for (int j = 0; j < op->n_in; j++) {
         int v = in[j];
         if (!packed_const(p, v) || ptr2[v] != ptr[v])
@@ -126,7 +130,6 @@ static kiln_status create_ref(const kp_program *p, uint32_t i, void *const *ptr,
     }
     if ((st = kr_create(p, i, ptr2, &u->inner)))
         goto fail;
-    kiln__free(ptr2);
     u->base.run = unpacked_run;
     u->base.destroy = unpacked_destroy;
     u->base.prog = p;
@@ -136,9 +139,10 @@ static kiln_status create_ref(const kp_program *p, uint32_t i, void *const *ptr,
     *out = &u->base;
     return KILN_OK;
 fail:
-    kiln__free(ptr2);
     if (u)
         unpacked_destroy(&u->base);
+    else
+        kiln__free(ptr2);
     return st;
 }
 
