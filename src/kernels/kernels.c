@@ -19,11 +19,13 @@ kiln_status kk_core_create(int n_threads, kk_core **out)
     if (!c)
         return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory for a core");
     c->n_threads = n_threads;
+    c->prev_threads = omp_get_max_threads();
     /* oneDNN specialises primitives to the OpenMP team size in force when they are made:
      * fix it on this (the core's) thread before anything is created here. */
     omp_set_num_threads(n_threads);
     kiln_status st = kd_core_init(c);
     if (st) {
+        omp_set_num_threads(c->prev_threads);
         kiln__free(c);
         return st;
     }
@@ -36,6 +38,7 @@ void kk_core_free(kk_core *c)
     if (!c)
         return;
     kd_core_fini(c);
+    omp_set_num_threads(c->prev_threads);
     kiln__free(c);
 }
 

@@ -46,6 +46,7 @@ KILN_INTERNAL const char *kd_layout_name(const void *layout, size_t n_layout, ch
 
 struct kk_core {
     int   n_threads;
+    int   prev_threads;                 /* the thread's OpenMP count before kk_core_create */
     void *dnnl;                         /* dnnl.c's per-core state (engine, stream, scratchpad) */
 };
 
