@@ -33,10 +33,30 @@ kiln_status kc_lower_gather(kc_ctx *c, const kg_node *n)
     return kc_emit_out(c, n, KP_GATHER, 0, in, 2, x.dt, r, shape, &ia, 1, NULL, 0);
 }
 
+/* x permuted (Y.shape[i] = X.shape[perm[i]]); a free reshape when only extent-1 dims move. */
+static kiln_status transpose(kc_ctx *c, const kg_node *n, const kc_val *x, const int64_t *perm,
+                             kc_val *out)
+{
+    int64_t shape[KILN_MAX_DIMS];
+    int last = -1;
+    bool order_kept = true;
+    for (int i = 0; i < x->ndim; i++) {
+        shape[i] = x->shape[perm[i]];
+        if (shape[i] == 1)
+            continue;
+        order_kept &= perm[i] > last;
+        last = (int)perm[i];
+    }
+    if (order_kept)
+        return kc_reshape(c, n, x, x->ndim, shape, out);
+    return kc_emit1(c, n, KP_TRANSPOSE, 0, &x->id, 1, x->dt, x->ndim, shape, perm, x->ndim, NULL,
+                    0, out);
+}
+
 kiln_status kc_lower_transpose(kc_ctx *c, const kg_node *n)
 {
     kc_val x, y;
-    int64_t perm[KILN_MAX_DIMS], shape[KILN_MAX_DIMS];
+    int64_t perm[KILN_MAX_DIMS];
     size_t cnt;
     bool seen[KILN_MAX_DIMS] = {false};
     KC_TRY(kc_arg(c, n, 0, &x));
@@ -48,22 +68,8 @@ kiln_status kc_lower_transpose(kc_ctx *c, const kg_node *n)
         if (perm[i] < 0 || perm[i] >= x.ndim || seen[perm[i]])
             return kc_fail(c, n, KILN_ERR_SHAPE, "perm is not a permutation");
         seen[perm[i]] = true;
-        shape[i] = x.shape[perm[i]];
     }
-    /* moving only extent-1 dims keeps the element order: a free reshape */
-    int last = -1;
-    bool order_kept = true;
-    for (int i = 0; i < x.ndim; i++) {
-        if (x.shape[perm[i]] == 1)
-            continue;
-        order_kept &= perm[i] > last;
-        last = (int)perm[i];
-    }
-    if (order_kept)
-        KC_TRY(kc_reshape(c, n, &x, x.ndim, shape, &y));
-    else
-        KC_TRY(kc_emit1(c, n, KP_TRANSPOSE, 0, &x.id, 1, x.dt, x.ndim, shape, perm, x.ndim, NULL,
-                        0, &y));
+    KC_TRY(transpose(c, n, &x, perm, &y));
     return kc_out(c, n, 0, &y);
 }
 
@@ -626,8 +632,214 @@ kiln_status kc_lower_onehot(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
+/* ---- Einsum: one operand (sums and a transpose) or two (a batched matmul between
+ * transposes and reshapes); labels repeated within one operand (diagonals) unsupported ---- */
+
+typedef struct ein_term {
+    int  n;
+    char l[KILN_MAX_DIMS];
+} ein_term;
+
+/* Parses term s[0..len) for an operand of `rank` dims (-1: the output). The ellipsis
+ * becomes labels 1..E (control characters, never letters), right-aligned. *ne: how many
+ * dims the ellipsis covers (set when rank >= 0). */
+static bool ein_parse(const char *s, size_t len, int rank, int E, ein_term *t, int *ne)
+{
+    int letters = 0;
+    bool ell = false;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '.') {
+            if (ell || i + 2 >= len || s[i + 1] != '.' || s[i + 2] != '.')
+                return false;
+            ell = true;
+            i += 2;
+        } else if ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')) {
+            letters++;
+        } else {
+            return false;
+        }
+    }
+    int e = rank < 0 ? E : rank - letters;
+    if (e < 0 || (e > 0 && !ell) || letters + e > KILN_MAX_DIMS || (rank >= 0 && e > E))
+        return false;
+    if (ne)
+        *ne = e;
+    t->n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '.') {
+            for (int j = 0; j < e; j++)
+                t->l[t->n++] = (char)(1 + E - e + j);
+            i += 2;
+        } else {
+            t->l[t->n++] = s[i];
+        }
+    }
+    for (int i = 0; i < t->n; i++)
+        for (int j = 0; j < i; j++)
+            if (t->l[i] == t->l[j])
+                return false;
+    return true;
+}
+
+static int ein_find(const ein_term *t, char l)
+{
+    for (int i = 0; i < t->n; i++)
+        if (t->l[i] == l)
+            return i;
+    return -1;
+}
+
+/* Sums x over its labels that `keep1` and `keep2` (either may be NULL) both lack. */
+static kiln_status ein_reduce(kc_ctx *c, const kg_node *n, kc_val *x, ein_term *t,
+                              const ein_term *keep1, const ein_term *keep2)
+{
+    int64_t ia[1 + KILN_MAX_DIMS] = {0}, shape[KILN_MAX_DIMS];
+    ein_term r = {0};
+    int k = 0;
+    for (int i = 0; i < t->n; i++) {
+        bool kept = (keep1 && ein_find(keep1, t->l[i]) >= 0) || (keep2 && ein_find(keep2, t->l[i]) >= 0);
+        if (kept) {
+            shape[k++] = x->shape[i];
+            r.l[r.n++] = t->l[i];
+        } else {
+            ia[1 + ia[0]++] = i;
+        }
+    }
+    if (!ia[0])
+        return KILN_OK;
+    *t = r;
+    return kc_emit1(c, n, KP_REDUCE, KP_R_SUM, &x->id, 1, x->dt, k, shape, ia, 1 + (int)ia[0], NULL,
+                    0, x);
+}
+
+/* Transposes x (labels t) so its labels are in the order of `want`. */
+static kiln_status ein_order(kc_ctx *c, const kg_node *n, kc_val *x, ein_term *t,
+                             const ein_term *want)
+{
+    int64_t perm[KILN_MAX_DIMS];
+    for (int i = 0; i < want->n; i++)
+        perm[i] = ein_find(t, want->l[i]);
+    *t = *want;
+    return transpose(c, n, x, perm, x);
+}
+
 kiln_status kc_lower_einsum(kc_ctx *c, const kg_node *n)
 {
-    return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "Einsum equation '%s'",
-                   kg_attr_string(n, "equation", ""));
+    const char *eq = kg_attr_string(n, "equation", NULL);
+    char buf[256];
+    size_t len = 0;
+    kc_val x[2];
+    ein_term t[2], out;
+    int ne[2], E = 0, nin = n->n_in;
+    if (!eq)
+        return kc_fail(c, n, KILN_ERR_FORMAT, "missing attribute 'equation'");
+    for (const char *p = eq; *p; p++)
+        if (*p != ' ' && len + 1 < sizeof buf)
+            buf[len++] = *p;
+    buf[len] = 0;
+    if (nin < 1 || nin > 2)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "Einsum of %d operands", nin);
+    char *arrow = strstr(buf, "->"), *comma = strchr(buf, ',');
+    size_t lhs = arrow ? (size_t)(arrow - buf) : len;
+    if ((nin == 2) != (comma && (size_t)(comma - buf) < lhs))
+        return kc_fail(c, n, KILN_ERR_SHAPE, "equation '%s' does not match %d inputs", eq, nin);
+    size_t start[2] = {0, comma ? (size_t)(comma - buf) + 1 : 0};
+    size_t tlen[2] = {nin == 2 ? (size_t)(comma - buf) : lhs, nin == 2 ? lhs - start[1] : 0};
+    for (int pass = 0; pass < 2; pass++)       /* first pass: how wide the ellipsis is */
+        for (int i = 0; i < nin; i++) {
+            if (pass == 0)
+                KC_TRY(kc_arg(c, n, i, &x[i]));
+            if (!ein_parse(buf + start[i], tlen[i], x[i].ndim, pass ? E : KILN_MAX_DIMS, &t[i], &ne[i]))
+                return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "equation '%s' (operand %d)", eq, i);
+            if (pass == 0 && ne[i] > E)
+                E = ne[i];
+        }
+    if (nin == 2)
+        KC_TRY(kc_same_dtype(c, n, &x[0], &x[1]));
+    if (arrow) {
+        if (!ein_parse(arrow + 2, strlen(arrow + 2), -1, E, &out, NULL))
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "equation '%s' (output)", eq);
+    } else {                                   /* implicit: ellipsis, then labels seen once */
+        out.n = 0;
+        for (int j = 0; j < E; j++)
+            out.l[out.n++] = (char)(1 + j);
+        for (char l = 'A'; l <= 'z'; l++) {
+            int seen = 0;
+            for (int i = 0; i < nin; i++)
+                seen += ein_find(&t[i], l) >= 0;
+            if (seen == 1 && out.n < KILN_MAX_DIMS)
+                out.l[out.n++] = l;
+        }
+    }
+    for (int i = 0; i < out.n; i++)
+        if (ein_find(&t[0], out.l[i]) < 0 && (nin < 2 || ein_find(&t[1], out.l[i]) < 0))
+            return kc_fail(c, n, KILN_ERR_SHAPE, "output label of '%s' not in any input", eq);
+    if (nin == 1) {
+        KC_TRY(ein_reduce(c, n, &x[0], &t[0], &out, NULL));
+        KC_TRY(ein_order(c, n, &x[0], &t[0], &out));
+        return kc_out(c, n, 0, &x[0]);
+    }
+    KC_TRY(ein_reduce(c, n, &x[0], &t[0], &out, &t[1]));
+    KC_TRY(ein_reduce(c, n, &x[1], &t[1], &out, &t[0]));
+    /* A -> [batch, afree, contr], B -> [batch, contr, bfree] */
+    ein_term ta = {0}, tb = {0}, ty = {0};
+    int nb = 0, nf[2] = {0, 0};
+    for (int i = 0; i < out.n; i++)
+        if (ein_find(&t[0], out.l[i]) >= 0 && ein_find(&t[1], out.l[i]) >= 0) {
+            ta.l[ta.n++] = tb.l[tb.n++] = ty.l[ty.n++] = out.l[i];
+            nb++;
+        }
+    for (int s = 0; s < 2; s++)
+        for (int i = 0; i < out.n; i++)
+            if (ein_find(&t[s], out.l[i]) >= 0 && ein_find(&t[1 - s], out.l[i]) < 0) {
+                (s ? &tb : &ta)->l[nb + nf[s]++] = out.l[i];
+                ty.l[ty.n++] = out.l[i];
+            }
+    ta.n = nb + nf[0];
+    int64_t K = 1, M = 1, N = 1;
+    for (int i = 0; i < t[0].n; i++) {
+        char l = t[0].l[i];
+        int j = ein_find(&t[1], l);
+        if (j < 0 || ein_find(&out, l) >= 0)
+            continue;
+        if (x[0].shape[i] != x[1].shape[j])
+            return kc_fail(c, n, KILN_ERR_SHAPE, "summed label '%c' has extents %lld and %lld", l,
+                           (long long)x[0].shape[i], (long long)x[1].shape[j]);
+        ta.l[ta.n++] = l;
+        K *= x[0].shape[i];
+    }
+    for (int i = nb + nf[0]; i < ta.n; i++)
+        tb.l[nb + (i - nb - nf[0])] = ta.l[i];
+    tb.n = nb + (ta.n - nb - nf[0]);
+    for (int i = 0; i < nf[1]; i++)
+        tb.l[tb.n++] = ty.l[nb + nf[0] + i];
+    KC_TRY(ein_order(c, n, &x[0], &t[0], &ta));
+    KC_TRY(ein_order(c, n, &x[1], &t[1], &tb));
+    int64_t sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS], sy[KILN_MAX_DIMS], bs[KILN_MAX_DIMS];
+    int nbs;
+    for (int i = 0; i < nf[0]; i++)
+        M *= x[0].shape[nb + i];
+    for (int i = 0; i < nf[1]; i++)
+        N *= x[1].shape[x[1].ndim - nf[1] + i];
+    memcpy(sa, x[0].shape, nb * sizeof *sa);
+    memcpy(sb, x[1].shape, nb * sizeof *sb);
+    KC_TRY(kc_broadcast(c, n, nb, sa, nb, sb, &nbs, bs));
+    sa[nb] = M, sa[nb + 1] = K;
+    sb[nb] = K, sb[nb + 1] = N;
+    memcpy(sy, bs, nb * sizeof *sy);
+    for (int i = 0; i < nf[0]; i++)
+        sy[nb + i] = x[0].shape[nb + i];
+    for (int i = 0; i < nf[1]; i++)
+        sy[nb + nf[0] + i] = x[1].shape[x[1].ndim - nf[1] + i];
+    KC_TRY(kc_reshape(c, n, &x[0], nb + 2, sa, &x[0]));
+    KC_TRY(kc_reshape(c, n, &x[1], nb + 2, sb, &x[1]));
+    int in[3] = {x[0].id, x[1].id, -1};
+    int64_t npost = 0, mshape[KILN_MAX_DIMS];
+    kc_val y;
+    memcpy(mshape, bs, nb * sizeof *mshape);
+    mshape[nb] = M, mshape[nb + 1] = N;
+    KC_TRY(kc_emit1(c, n, KP_MATMUL, 0, in, 3, x[0].dt, nb + 2, mshape, &npost, 1, NULL, 0, &y));
+    KC_TRY(kc_reshape(c, n, &y, ty.n, sy, &y));
+    KC_TRY(ein_order(c, n, &y, &ty, &out));
+    return kc_out(c, n, 0, &y);
 }
