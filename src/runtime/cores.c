@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define RT_MAX_CORES 1024
 
@@ -54,6 +55,42 @@ static kiln_status parse_cpu_list(const char *s, cpu_set_t *set)
     return KILN_OK;
 }
 
+static void queue_init(rt_queue *q)
+{
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->work, NULL);
+    pthread_cond_init(&q->done, NULL);
+    q->head = q->tail = NULL;
+}
+
+static void queue_push(rt_queue *q, rt_job *job)
+{
+    job->done = false;
+    job->next = NULL;
+    job->status = KILN_OK;
+    job->error[0] = '\0';
+    pthread_mutex_lock(&q->mu);
+    if (q->tail)
+        q->tail->next = job;
+    else
+        q->head = job;
+    q->tail = job;
+    pthread_cond_signal(&q->work);
+    pthread_mutex_unlock(&q->mu);
+}
+
+/* Blocks for the next job (q->mu held on entry and exit). */
+static rt_job *queue_pop_locked(rt_queue *q)
+{
+    while (!q->head)
+        pthread_cond_wait(&q->work, &q->mu);
+    rt_job *job = q->head;
+    q->head = job->next;
+    if (!q->head)
+        q->tail = NULL;
+    return job;
+}
+
 static void *worker_main(void *arg)
 {
     rt_core *core = arg;
@@ -73,15 +110,11 @@ static void *worker_main(void *arg)
     kiln_status ks = kk_core_create(core->n_cpus, &core->kk);
     char kerr[512];
     snprintf(kerr, sizeof kerr, "%s", ks == KILN_OK ? "" : kiln_last_error());
-    pthread_mutex_lock(&core->mu);
+    rt_queue *q = &core->q;
+    pthread_mutex_lock(&q->mu);
     for (;;) {
-        while (!core->head)
-            pthread_cond_wait(&core->work, &core->mu);
-        rt_job *job = core->head;
-        core->head = job->next;
-        if (!core->head)
-            core->tail = NULL;
-        pthread_mutex_unlock(&core->mu);
+        rt_job *job = queue_pop_locked(q);
+        pthread_mutex_unlock(&q->mu);
         kiln__clear_error();
         if (ks != KILN_OK) {
             job->status = ks;
@@ -91,9 +124,9 @@ static void *worker_main(void *arg)
             if (job->status != KILN_OK)
                 snprintf(job->error, sizeof job->error, "%s", kiln_last_error());
         }
-        pthread_mutex_lock(&core->mu);
+        pthread_mutex_lock(&q->mu);
         job->done = true;
-        pthread_cond_broadcast(&core->done);
+        pthread_cond_broadcast(&q->done);
     }
     return NULL;
 }
@@ -152,9 +185,7 @@ static void init_once(void)
                 core->cpus[core->n_cpus++] = cpu;
             cpu++;
         }
-        pthread_mutex_init(&core->mu, NULL);
-        pthread_cond_init(&core->work, NULL);
-        pthread_cond_init(&core->done, NULL);
+        queue_init(&core->q);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -187,28 +218,14 @@ int rt_num_cores(void) { return rt_init() == KILN_OK ? rt.n_cores : 0; }
 
 rt_core *rt_core_get(int index) { return &rt.cores[index]; }
 
-void rt_submit(rt_core *core, rt_job *job)
-{
-    job->done = false;
-    job->next = NULL;
-    job->status = KILN_OK;
-    job->error[0] = '\0';
-    pthread_mutex_lock(&core->mu);
-    if (core->tail)
-        core->tail->next = job;
-    else
-        core->head = job;
-    core->tail = job;
-    pthread_cond_signal(&core->work);
-    pthread_mutex_unlock(&core->mu);
-}
+void rt_submit(rt_core *core, rt_job *job) { queue_push(&core->q, job); }
 
 void rt_wait(rt_core *core, rt_job *job)
 {
-    pthread_mutex_lock(&core->mu);
+    pthread_mutex_lock(&core->q.mu);
     while (!job->done)
-        pthread_cond_wait(&core->done, &core->mu);
-    pthread_mutex_unlock(&core->mu);
+        pthread_cond_wait(&core->q.done, &core->q.mu);
+    pthread_mutex_unlock(&core->q.mu);
 }
 
 kiln_status rt_run(rt_core *core, void (*fn)(rt_core *, rt_job *), void *arg)
@@ -245,3 +262,72 @@ void rt_core_replicas_add(int core, int delta)
 }
 
 KILN_API int kiln_num_cores(void) { return rt_num_cores(); }
+
+/* ---- the loader pool ---- */
+
+static struct {
+    pthread_once_t once;
+    rt_queue       q;
+} loader = { .once = PTHREAD_ONCE_INIT };
+
+static void *loader_main(void *arg)
+{
+    char name[16];
+    snprintf(name, sizeof name, "kiln-loader-%d", (int)(intptr_t)arg);
+    pthread_setname_np(pthread_self(), name);
+    pthread_mutex_lock(&loader.q.mu);
+    for (;;) {
+        rt_job *job = queue_pop_locked(&loader.q);
+        pthread_mutex_unlock(&loader.q.mu);
+        kiln__clear_error();
+        job->fn(NULL, job); /* detached: job may be gone once fn returns */
+        pthread_mutex_lock(&loader.q.mu);
+    }
+    return NULL;
+}
+
+static void loader_start(void)
+{
+    queue_init(&loader.q);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 2)
+        n = 2;
+    if (n > 16)
+        n = 16;
+    int started = 0;
+    for (long i = 0; i < n; i++) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, loader_main, (void *)(intptr_t)i) == 0)
+            started++;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started) /* cannot happen in practice; without a loader nothing async would run */
+        kiln__panic(__FILE__, __LINE__, "no loader thread could be started");
+}
+
+void rt_loader_submit(rt_job *job)
+{
+    pthread_once(&loader.once, loader_start);
+    queue_push(&loader.q, job);
+}
+
+bool rt_loader_cancel(rt_job *job)
+{
+    pthread_once(&loader.once, loader_start);
+    bool removed = false;
+    pthread_mutex_lock(&loader.q.mu);
+    for (rt_job **pp = &loader.q.head, *prev = NULL; *pp; prev = *pp, pp = &(*pp)->next) {
+        if (*pp != job)
+            continue;
+        *pp = job->next;
+        if (loader.q.tail == job)
+            loader.q.tail = prev;
+        removed = true;
+        break;
+    }
+    pthread_mutex_unlock(&loader.q.mu);
+    return removed;
+}

@@ -35,10 +35,12 @@ static kiln_status model_new(kp_program *prog, ka_file *file, const char *path, 
     m->n_cores = n > 0 ? n : 1;
     m->replicas = kiln__calloc((size_t)m->n_cores, sizeof *m->replicas);
     m->placements = kiln__calloc((size_t)m->n_cores, sizeof *m->placements);
+    m->slots = kiln__calloc((size_t)m->n_cores, sizeof *m->slots);
     m->path = kiln__strdup(path ? path : "");
-    if (!m->replicas || !m->placements || !m->path) {
+    if (!m->replicas || !m->placements || !m->slots || !m->path) {
         kiln__free(m->replicas);
         kiln__free(m->placements);
+        kiln__free(m->slots);
         kiln__free(m->path);
         kiln__free(m);
         return kiln__fail(KILN_ERR_NOMEM, "out of memory");
@@ -237,15 +239,11 @@ typedef struct place_arg {
     double      place_ms, kernels_ms;
 } place_arg;
 
-/* Runs on the target core's worker. */
+/* Runs on the target core's worker: addresses and kernels. */
 static void place_job(rt_core *core, rt_job *job)
 {
     place_arg *a = job->arg;
-    kiln_model *m = a->m;
-    const kp_program *p = m->prog;
-    job->status = verify_once(m);
-    if (job->status != KILN_OK)
-        return;
+    const kp_program *p = a->m->prog;
     double t0 = kiln__now();
     rt_replica *r = kiln__calloc(1, sizeof *r);
     if (!r) {
@@ -282,46 +280,98 @@ static void place_job(rt_core *core, rt_job *job)
     job->status = KILN_OK;
 }
 
-/* Places m on `core`. Called with m->mu held and pending already counted; drops and
- * retakes m->mu around the job. On failure the model turns FAILED with the cause. */
-static kiln_status place_locked(kiln_model *m, int core, double t_trigger)
+/* One placement of m on core, from whichever thread runs it (the caller's for a
+ * synchronous load, a loader's for an async one): verify once, then the core's worker
+ * makes the replica. Called without m->mu held. */
+static kiln_status place_on(kiln_model *m, int core, place_arg *a)
 {
-    place_arg a = { m, NULL, 0, 0 };
-    pthread_mutex_unlock(&m->mu);
-    kiln_status s = rt_run(rt_core_get(core), place_job, &a);
-    pthread_mutex_lock(&m->mu);
+    a->m = m;
+    a->rep = NULL;
+    kiln_status s = verify_once(m);
+    if (s == KILN_OK)
+        s = rt_run(rt_core_get(core), place_job, a);
+    return s;
+}
+
+/* Records a finished placement (m->mu held). On failure the model turns FAILED with the
+ * cause, and the core's reservation is released. */
+static void place_finish(kiln_model *m, int core, kiln_status s, const place_arg *a, double t_trigger)
+{
     m->pending--;
     if (s == KILN_OK) {
-        m->replicas[core] = a.rep;
+        m->replicas[core] = a->rep;
         m->placements[core]++;
-        m->report.place_ms = a.place_ms;
-        m->report.kernels_ms = a.kernels_ms;
-        m->report.copied_bytes = a.rep->copied;
+        m->report.place_ms = a->place_ms;
+        m->report.kernels_ms = a->kernels_ms;
+        m->report.copied_bytes = a->rep->copied;
         m->report.core = core;
         m->report.total_ms = (kiln__now() - t_trigger) * 1e3 + m->report.read_ms;
-        if (m->pending == 0)
+        if (m->pending == 0 && m->state != KILN_FAILED)
             m->state = KILN_LOADED;
     } else {
         rt_core_replicas_add(core, -1);
         m->state = KILN_FAILED;
-        m->error = s;
-        snprintf(m->error_msg, sizeof m->error_msg, "%s", kiln_last_error());
+        if (!m->error) {
+            m->error = s;
+            snprintf(m->error_msg, sizeof m->error_msg, "%s", kiln_last_error());
+        }
     }
     pthread_cond_broadcast(&m->cv);
+}
+
+/* A background placement (loader thread). */
+static void place_async_job(rt_core *unused, rt_job *job)
+{
+    rt_slot *slot = job->arg;
+    kiln_model *m = slot->m;
+    place_arg a;
+    kiln_status s = place_on(m, slot->core, &a);
+    pthread_mutex_lock(&m->mu);
+    place_finish(m, slot->core, s, &a, slot->t_trigger);
+    pthread_mutex_unlock(&m->mu); /* the last touch of m: kiln_model_free may run now */
+}
+
+/* Starts a placement of m on `core` (already reserved): in the background when async, else
+ * now, on this thread, waiting for it. m->mu is held (and dropped meanwhile when sync). */
+static kiln_status trigger_locked(kiln_model *m, int core, bool async)
+{
+    m->pending++;
+    m->state = KILN_LOADING;
+    double t = kiln__now();
+    if (async) {
+        rt_slot *slot = &m->slots[core];
+        slot->m = m;
+        slot->core = core;
+        slot->t_trigger = t;
+        slot->job.fn = place_async_job;
+        slot->job.arg = slot;
+        rt_loader_submit(&slot->job);
+        return KILN_OK;
+    }
+    place_arg a;
+    pthread_mutex_unlock(&m->mu);
+    kiln_status s = place_on(m, core, &a);
+    pthread_mutex_lock(&m->mu);
+    place_finish(m, core, s, &a, t);
     return s;
 }
 
-/* Returns a replica to run on: the first placed one, placing on the default core when
- * there is none and none is pending. Exactly one placement happens however many threads
- * call this at once. */
+static kiln_status load_failed(const kiln_model *m)
+{
+    return kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
+                      m->error_msg);
+}
+
+/* Returns a replica to run on: the first placed one; when there is none and none is
+ * pending, places one on the default core (in the background if the model is async) and
+ * waits. Exactly one placement happens however many threads call this at once. */
 static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
 {
     kiln_status s = KILN_OK;
     pthread_mutex_lock(&m->mu);
     for (;;) {
         if (m->state == KILN_FAILED) {
-            s = kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
-                           m->error_msg);
+            s = load_failed(m);
             break;
         }
         rt_replica *r = NULL;
@@ -340,14 +390,7 @@ static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
             s = kiln__fail(KILN_ERR_CORE, "no core can take the model");
             break;
         }
-        m->pending++;
-        m->state = KILN_LOADING;
-        s = place_locked(m, core, kiln__now());
-        if (s != KILN_OK) {
-            s = kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
-                           m->error_msg);
-            break;
-        }
+        trigger_locked(m, core, (m->flags & KP_FLAG_ASYNC) != 0);
     }
     pthread_mutex_unlock(&m->mu);
     return s;
@@ -375,19 +418,23 @@ KILN_API kiln_status kiln_load(const char *path, kiln_model **out)
     }
     m->report.read_ms = (t1 - t0) * 1e3;
     if (!(m->flags & KP_FLAG_LAZY)) {
-        /* Eager (and, until the loader pool lands, async): verify and place now. */
-        rt_replica *r;
-        s = acquire_replica(m, &r);
+        pthread_mutex_lock(&m->mu);
+        int core = rt_reserve_default_core(NULL);
+        if (core < 0)
+            s = kiln__fail(KILN_ERR_CORE, "no core can take the model");
+        else
+            s = trigger_locked(m, core, (m->flags & KP_FLAG_ASYNC) != 0);
+        if (s == KILN_OK && !(m->flags & KP_FLAG_ASYNC))
+            m->report.total_ms = (kiln__now() - t0) * 1e3;
+        pthread_mutex_unlock(&m->mu);
         if (s != KILN_OK) {
+            /* eager: the caller gets the cause itself (e.g. a checksum mismatch) */
             char msg[600];
             snprintf(msg, sizeof msg, "%s", m->error_msg[0] ? m->error_msg : kiln_last_error());
             kiln_status cause = m->error ? m->error : s;
             kiln_model_free(m);
             return kiln__fail(cause, "%s", msg);
         }
-        pthread_mutex_lock(&m->mu);
-        m->report.total_ms = (kiln__now() - t0) * 1e3;
-        pthread_mutex_unlock(&m->mu);
     }
     *out = m;
     return KILN_OK;
@@ -402,8 +449,7 @@ KILN_API kiln_status kiln_wait(kiln_model *m)
     while (m->pending > 0)
         pthread_cond_wait(&m->cv, &m->mu);
     if (m->state == KILN_FAILED)
-        s = kiln__fail(KILN_ERR_LOAD, "%s: the model's load failed: %s", m->path[0] ? m->path : "model",
-                       m->error_msg);
+        s = load_failed(m);
     pthread_mutex_unlock(&m->mu);
     return s;
 }
@@ -512,6 +558,13 @@ KILN_API void kiln_model_free(kiln_model *m)
     if (!m)
         return;
     pthread_mutex_lock(&m->mu);
+    /* Background placements not started yet are cancelled; running ones are waited for. */
+    for (int c = 0; c < m->n_cores; c++) {
+        if (m->slots[c].m == m && rt_loader_cancel(&m->slots[c].job)) {
+            m->pending--;
+            rt_core_replicas_add(c, -1);
+        }
+    }
     while (m->pending > 0)
         pthread_cond_wait(&m->cv, &m->mu);
     pthread_mutex_unlock(&m->mu);
@@ -528,6 +581,7 @@ KILN_API void kiln_model_free(kiln_model *m)
     pthread_mutex_destroy(&m->verify_mu);
     kiln__free(m->replicas);
     kiln__free(m->placements);
+    kiln__free(m->slots);
     kiln__free(m->path);
     kiln__free(m);
 }

@@ -18,6 +18,15 @@ typedef struct rt_replica {
     uint64_t    copied;       /* weight bytes reordered/copied at placement */
 } rt_replica;
 
+/* A background placement's job, one slot per core (at most one placement of a model per
+ * core is ever pending), so triggering allocates nothing. */
+typedef struct rt_slot {
+    rt_job      job;
+    kiln_model *m;
+    int         core;
+    double      t_trigger;
+} rt_slot;
+
 struct kiln_model {
     /* immutable after construction */
     kp_program       *prog;
@@ -32,6 +41,7 @@ struct kiln_model {
     int               pending;     /* placements in flight */
     rt_replica      **replicas;    /* per core, NULL if none */
     uint32_t         *placements;  /* per core: placements made so far */
+    rt_slot          *slots;       /* per core: background placement job */
     kiln_status       error;       /* FAILED: the cause */
     char              error_msg[512];
     kiln_load_report  report;

@@ -4,7 +4,7 @@
  *
  * Locks, in the order they may be taken (never the other way):
  *   kiln_model.mu   guards the model's state, replicas[], placements[], pending, report, error
- *   rt_core.mu      guards the core's job queue and the done flags of its jobs
+ *   rt_queue.mu     guards a queue (a core's, or the loader pool's) and its jobs' done flags
  *   rt.mu           guards the cores' replica counts (default-core choice)
  * Jobs run on the core's worker without any of these held.
  */
@@ -30,15 +30,20 @@ typedef struct rt_job {
     char            error[512];           /* fn's message when status != KILN_OK */
 } rt_job;
 
+/* A FIFO of jobs served by one or more threads. */
+typedef struct rt_queue {
+    pthread_mutex_t mu;
+    pthread_cond_t  work;                  /* a job was queued */
+    pthread_cond_t  done;                  /* a job finished */
+    rt_job         *head, *tail;
+} rt_queue;
+
 struct rt_core {
     int             index;
     int             n_cpus;
     int             cpus[64];
     pthread_t       thread;
-    pthread_mutex_t mu;
-    pthread_cond_t  work;                  /* a job was queued */
-    pthread_cond_t  done;                  /* a job finished */
-    rt_job         *head, *tail;
+    rt_queue        q;                     /* served by this core's worker only */
     kk_core        *kk;                    /* the worker's kernel context (worker-only) */
     uint32_t        replicas;              /* replicas placed here (under rt.mu) */
 };
@@ -54,6 +59,12 @@ KILN_INTERNAL void        rt_submit(rt_core *core, rt_job *job);
 KILN_INTERNAL void        rt_wait(rt_core *core, rt_job *job);
 /* Runs fn on core's worker and waits; copies the worker's error message to this thread. */
 KILN_INTERNAL kiln_status rt_run(rt_core *core, void (*fn)(rt_core *, rt_job *), void *arg);
+/* The loader pool: threads named kiln-loader-N (as many as the machine has CPUs, at least
+ * two), started on first use, running background placements. A loader job is detached:
+ * the pool never touches it after its fn returns, so fn may free or reuse it. */
+KILN_INTERNAL void        rt_loader_submit(rt_job *job);
+/* Takes job out of the loader queue if it has not started; true if it was removed. */
+KILN_INTERNAL bool        rt_loader_cancel(rt_job *job);
 /* Picks the least-used core (fewest replicas, lowest index on ties) among those allowed
  * (NULL: all) and counts a replica on it. Returns its index. */
 KILN_INTERNAL int         rt_reserve_default_core(const bool *excluded);
