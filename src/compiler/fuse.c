@@ -210,7 +210,8 @@ static kiln_status fuse_one(fuse_state *f, uint32_t pi, bool *fused)
         int n_post = (int)kp_op_ia(p, op)[post_base(p, op)];
         int64_t N = p->values[y].ndim ? p->values[y].shape[p->values[y].ndim - 1] : 1;
         bool row = ov->kind == KP_VAL_CONST && ov->ndim == 1 && ov->shape[0] == N;
-        if (op->kind == KP_MATMUL && q->sub == KP_B_ADD && n_post == 0 && op->n_in == 2 && row) {
+        bool no_bias = op->n_in == 2 || (op->n_in == 3 && kp_op_in(p, op)[2] < 0);
+        if (op->kind == KP_MATMUL && q->sub == KP_B_ADD && n_post == 0 && no_bias && row) {
             int in[3] = { kp_op_in(p, op)[0], kp_op_in(p, op)[1], o };
             s = rewrite_op(f, pi, in, 3, z, kp_op_ia(p, op), (int)op->n_ia, kp_op_fa(p, op), (int)op->n_fa);
         } else if (q->sub == KP_B_ADD && same_shape(ov, &p->values[y])) {

@@ -283,10 +283,47 @@ static void place_job(rt_core *core, rt_job *job)
 /* One placement of m on core, from whichever thread runs it (the caller's for a
  * synchronous load, a loader's for an async one): verify once, then the core's worker
  * makes the replica. Called without m->mu held. */
+/* Test hook: while the gate is closed, placements wait at their start (so tests can see a
+ * model LOADING, or free it mid-load, without relying on timing). */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    bool            closed;
+    int             waiting;
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0 };
+
+void rt_test_gate(bool closed)
+{
+    pthread_mutex_lock(&gate.mu);
+    gate.closed = closed;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+}
+
+int rt_test_gate_waiting(void)
+{
+    pthread_mutex_lock(&gate.mu);
+    int n = gate.waiting;
+    pthread_mutex_unlock(&gate.mu);
+    return n;
+}
+
+static void gate_pass(void)
+{
+    pthread_mutex_lock(&gate.mu);
+    gate.waiting++;
+    pthread_cond_broadcast(&gate.cv);
+    while (gate.closed)
+        pthread_cond_wait(&gate.cv, &gate.mu);
+    gate.waiting--;
+    pthread_mutex_unlock(&gate.mu);
+}
+
 static kiln_status place_on(kiln_model *m, int core, place_arg *a)
 {
     a->m = m;
     a->rep = NULL;
+    gate_pass();
     kiln_status s = verify_once(m);
     if (s == KILN_OK)
         s = rt_run(rt_core_get(core), place_job, a);

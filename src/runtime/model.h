@@ -57,4 +57,8 @@ KILN_INTERNAL kiln_status rt_check_tensors(const kp_program *p, const uint32_t *
 KILN_INTERNAL kiln_status rt_forward_replica(const kp_program *p, rt_replica *r,
                                              const kiln_tensor *in, kiln_tensor *out);
 
+/* Test hooks: close the gate to hold every placement at its start; how many wait there. */
+KILN_INTERNAL void rt_test_gate(bool closed);
+KILN_INTERNAL int  rt_test_gate_waiting(void);
+
 #endif
