@@ -531,8 +531,18 @@ kiln_status kc_lower_resize(kc_ctx *c, const kg_node *n)
         }
         same &= shape[d] == x.shape[d] && fa[d] == 1.0f;
     }
-    if (ia[0] == KP_RC_TF_CROP_AND_RESIZE)
-        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "tf_crop_and_resize");
+    if (legacy && mode == KP_RESIZE_NEAREST) {
+        /* Upsample / Resize-10 nearest: floor when enlarging, ceil when shrinking */
+        bool up = false, down = false;
+        for (int d = 0; d < x.ndim; d++) {
+            up |= fa[d] > 1.0f;
+            down |= fa[d] < 1.0f;
+        }
+        if (up && down)
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "nearest resize enlarging some axes and "
+                           "shrinking others (opset < 11)");
+        ia[1] = down ? KP_RN_CEIL : KP_RN_FLOOR;
+    }
     if (same)
         return kc_out(c, n, 0, &x);
     fa[x.ndim] = (float)kc_attr_num(n, "cubic_coeff_a", -0.75);
