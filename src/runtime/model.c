@@ -36,8 +36,10 @@ static kiln_status model_new(kp_program *prog, ka_file *file, const char *path, 
     m->replicas = kiln__calloc((size_t)m->n_cores, sizeof *m->replicas);
     m->placements = kiln__calloc((size_t)m->n_cores, sizeof *m->placements);
     m->slots = kiln__calloc((size_t)m->n_cores, sizeof *m->slots);
+    m->placing = kiln__calloc((size_t)m->n_cores, 1);
     m->path = kiln__strdup(path ? path : "");
-    if (!m->replicas || !m->placements || !m->slots || !m->path) {
+    if (!m->replicas || !m->placements || !m->slots || !m->placing || !m->path) {
+        kiln__free(m->placing);
         kiln__free(m->replicas);
         kiln__free(m->placements);
         kiln__free(m->slots);
@@ -335,6 +337,7 @@ static kiln_status place_on(kiln_model *m, int core, place_arg *a)
 static void place_finish(kiln_model *m, int core, kiln_status s, const place_arg *a, double t_trigger)
 {
     m->pending--;
+    m->placing[core] = 0;
     if (s == KILN_OK) {
         m->replicas[core] = a->rep;
         m->placements[core]++;
@@ -373,6 +376,7 @@ static void place_async_job(rt_core *unused, rt_job *job)
 static kiln_status trigger_locked(kiln_model *m, int core, bool async)
 {
     m->pending++;
+    m->placing[core] = 1;
     m->state = KILN_LOADING;
     double t = kiln__now();
     if (async) {
@@ -428,6 +432,50 @@ static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
             break;
         }
         trigger_locked(m, core, (m->flags & KP_FLAG_ASYNC) != 0);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return s;
+}
+
+kiln_status rt_model_ensure(kiln_model *m, const int *cores, int n)
+{
+    kiln_status s = KILN_OK;
+    pthread_mutex_lock(&m->mu);
+    if (m->state == KILN_FAILED)
+        s = load_failed(m);
+    for (int i = 0; i < n && s == KILN_OK; i++) {
+        int c = cores[i];
+        if (m->replicas[c] || m->placing[c])
+            continue; /* no redundant load */
+        rt_core_replicas_add(c, 1);
+        trigger_locked(m, c, true); /* in parallel on the loader pool */
+    }
+    bool async = (m->flags & KP_FLAG_ASYNC) != 0;
+    pthread_mutex_unlock(&m->mu);
+    if (s != KILN_OK || async)
+        return s;
+    rt_replica **tmp = kiln__calloc((size_t)n + 1, sizeof *tmp);
+    if (!tmp)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+    s = rt_model_replicas(m, cores, n, tmp);
+    kiln__free(tmp);
+    return s;
+}
+
+kiln_status rt_model_replicas(kiln_model *m, const int *cores, int n, rt_replica **out)
+{
+    kiln_status s = KILN_OK;
+    pthread_mutex_lock(&m->mu);
+    for (int i = 0; i < n && s == KILN_OK; i++) {
+        int c = cores[i];
+        while (m->placing[c])
+            pthread_cond_wait(&m->cv, &m->mu);
+        if (m->state == KILN_FAILED)
+            s = load_failed(m);
+        else if (!m->replicas[c])
+            s = kiln__fail(KILN_ERR_STATE, "the model has no replica on core %d", c);
+        else
+            out[i] = m->replicas[c];
     }
     pthread_mutex_unlock(&m->mu);
     return s;
@@ -524,6 +572,16 @@ kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t 
     return KILN_OK;
 }
 
+kiln_status rt_replica_run(const kp_program *p, rt_replica *r)
+{
+    for (uint32_t i = 0; i < p->n_ops; i++) {
+        kiln_status s = kk_run(r->kernels[i]);
+        if (s != KILN_OK)
+            return s;
+    }
+    return KILN_OK;
+}
+
 typedef struct forward_arg {
     const kp_program  *p;
     rt_replica        *rep;
@@ -540,13 +598,9 @@ static void forward_job(rt_core *core, rt_job *job)
         const kp_value *v = &p->values[p->inputs[i]];
         memcpy(r->ptr[p->inputs[i]], a->in[i].data, kp_value_numel(v) * kiln_dtype_size(v->dtype));
     }
-    for (uint32_t i = 0; i < p->n_ops; i++) {
-        kiln_status s = kk_run(r->kernels[i]);
-        if (s != KILN_OK) {
-            job->status = s;
-            return;
-        }
-    }
+    job->status = rt_replica_run(p, r);
+    if (job->status != KILN_OK)
+        return;
     for (uint32_t i = 0; i < p->n_outputs; i++) {
         const kp_value *v = &p->values[p->outputs[i]];
         memcpy(a->out[i].data, r->ptr[p->outputs[i]], kp_value_numel(v) * kiln_dtype_size(v->dtype));
@@ -599,6 +653,7 @@ KILN_API void kiln_model_free(kiln_model *m)
     for (int c = 0; c < m->n_cores; c++) {
         if (m->slots[c].m == m && rt_loader_cancel(&m->slots[c].job)) {
             m->pending--;
+            m->placing[c] = 0;
             rt_core_replicas_add(c, -1);
         }
     }
@@ -619,6 +674,7 @@ KILN_API void kiln_model_free(kiln_model *m)
     kiln__free(m->replicas);
     kiln__free(m->placements);
     kiln__free(m->slots);
+    kiln__free(m->placing);
     kiln__free(m->path);
     kiln__free(m);
 }

@@ -42,6 +42,7 @@ struct kiln_model {
     rt_replica      **replicas;    /* per core, NULL if none */
     uint32_t         *placements;  /* per core: placements made so far */
     rt_slot          *slots;       /* per core: background placement job */
+    uint8_t          *placing;     /* per core: a placement is pending there */
     kiln_status       error;       /* FAILED: the cause */
     char              error_msg[512];
     kiln_load_report  report;
@@ -53,9 +54,20 @@ struct kiln_model {
 /* Checks caller tensors against program values ids[0..n_ids). */
 KILN_INTERNAL kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t n_ids,
                                            const kiln_tensor *t, size_t n, const char *what);
+/* Runs every kernel of replica r (on its core's worker: the inputs are in their arena
+ * slots, the outputs are left in theirs). */
+KILN_INTERNAL kiln_status rt_replica_run(const kp_program *p, rt_replica *r);
 /* Runs replica r on its core's worker and waits. */
 KILN_INTERNAL kiln_status rt_forward_replica(const kp_program *p, rt_replica *r,
                                              const kiln_tensor *in, kiln_tensor *out);
+
+/* Makes sure m has a replica, placed or pending, on each of cores[0..n): the missing ones
+ * are triggered (never a second one on a core). An async model's placements run in the
+ * background and this returns at once; otherwise they run in parallel and are waited for.
+ * KILN_ERR_LOAD if the model's load failed (now or before). */
+KILN_INTERNAL kiln_status rt_model_ensure(kiln_model *m, const int *cores, int n);
+/* Waits until the placements on cores[0..n) are done and gives their replicas. */
+KILN_INTERNAL kiln_status rt_model_replicas(kiln_model *m, const int *cores, int n, rt_replica **out);
 
 /* Test hooks: close the gate to hold every placement at its start; how many wait there. */
 KILN_INTERNAL void rt_test_gate(bool closed);

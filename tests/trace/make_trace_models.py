@@ -107,3 +107,8 @@ save("matmul_gelu", [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_
 save("unsupported", [helper.make_node("Relu", ["x"], ["r"]),
                      helper.make_node("NonZero", ["r"], ["y"], name="nz_node")],
      [vi("x", [2, 3])], [vi("y", [2, "n"], TensorProto.INT64)])
+
+# 8. Two inputs, two outputs (data-parallel splits and joins each)
+a = rng.standard_normal((1, 3), dtype=np.float32)
+save("two_io", [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Mul", ["a", "b"], ["p"])],
+     [vi("a", [1, 3]), vi("b", [1, 3])], [vi("s", [1, 3]), vi("p", [1, 3])])
