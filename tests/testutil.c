@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int test_passed, test_failed;
+_Atomic int test_passed, test_failed; /* checks may run on several threads */
 
 int test_check(int ok, const char *what, const char *file, int line)
 {

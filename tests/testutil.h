@@ -8,7 +8,7 @@
 #include "kiln.h"
 #include <stdio.h>
 
-extern int test_passed, test_failed;
+extern _Atomic int test_passed, test_failed;
 
 #define CHECK(c) test_check((c), #c, __FILE__, __LINE__)
 #define CHECK_OK(call) test_check_status((call), KILN_OK, #call, __FILE__, __LINE__)
