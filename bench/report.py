@@ -45,7 +45,12 @@ def machine(root):
         node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     except OSError:
         node = "?"
-    return {"cpu": cpu, "cpus": os.cpu_count(), "isa": isa, "kernel": platform.release(),
+    try:
+        with open("/proc/loadavg") as f:
+            loadavg = " / ".join(f.read().split()[:2])
+    except OSError:
+        loadavg = "?"
+    return {"cpu": cpu, "loadavg": loadavg, "cpus": os.cpu_count(), "isa": isa, "kernel": platform.release(),
             "commit": commit, "node": node,
             "date": datetime.date.today().isoformat()}
 
@@ -100,7 +105,15 @@ def table(by, m):
                 vals.append(v)
         if not vals:
             return None
-        return agg(vals) if agg else vals[-1]
+        if agg:
+            return agg(vals)
+        # Several rounds of the same measurement: the median of their medians, the best of
+        # their bests; anything else from the last round.
+        if keys and keys[-1] == "best":
+            return min(vals)
+        if keys and keys[-1] == "median":
+            return statistics.median(vals)
+        return vals[-1]
 
     med = statistics.median
     rows = []
@@ -108,6 +121,8 @@ def table(by, m):
     def row(label, f):
         rows.append("| " + label + " | " + " | ".join(f(n) for n in models) + " |")
 
+    n_rounds = max([len(by.get((n, "kiln"), [])) for n in models] +
+                   [len(by.get((n, "ort"), [])) for n in models] + [1])
     n_loads = next((get(n, "kiln", "load_ms", "n") for n in models if get(n, "kiln", "load_ms", "n")), "N")
     n_sess = next((get(n, "ort", "session_ms", "n") for n in models if get(n, "ort", "session_ms", "n")), "N")
     n_runs = next((get(n, "ort", "forward_ms", "n") for n in models if get(n, "ort", "forward_ms", "n")), "N")
@@ -118,8 +133,9 @@ def table(by, m):
             m, b = get(n, kind, key, "median"), get(n, kind, key, "best")
             return "-" if m is None else f"{fmt_ms(m)} (best {fmt_ms(b)})"
         return f
-    row(f"kiln load-to-ready, warm process (median of {n_loads})", med_best("kiln", "load_ms"))
-    row(f"ONNX Runtime session creation, warm process (median of {n_sess})",
+    rounds = f" x {n_rounds} rounds" if n_rounds > 1 else ""
+    row(f"kiln load-to-ready, warm process (median of {n_loads}{rounds})", med_best("kiln", "load_ms"))
+    row(f"ONNX Runtime session creation, warm process (median of {n_sess}{rounds})",
         med_best("ort", "session_ms"))
     row(f"**load: kiln / ORT** (target: {LOAD_TARGET:g}x faster)",
         lambda n: ratio(get(n, "kiln", "load_ms", "median"), get(n, "ort", "session_ms", "median"),
@@ -133,10 +149,8 @@ def table(by, m):
                         get(n, "ort_first", "first_session_ms", agg=med), LOAD_TARGET, True))
     row("raw read of the .kiln file into a fresh buffer (floor)",
         lambda n: fmt_ms(get(n, "kiln", "read_ms", "median")))
-    row(f"kiln forward, 1 thread (median of {n_runs})",
-        lambda n: fmt_ms(get(n, "kiln", "forward_ms", "median")))
-    row(f"ONNX Runtime forward, 1 thread (median of {n_runs})",
-        lambda n: fmt_ms(get(n, "ort", "forward_ms", "median")))
+    row(f"kiln forward, 1 thread (median of {n_runs}{rounds})", med_best("kiln", "forward_ms"))
+    row(f"ONNX Runtime forward, 1 thread (median of {n_runs}{rounds})", med_best("ort", "forward_ms"))
     row(f"**forward: kiln / ORT** (target: <= {FORWARD_TARGET:g})",
         lambda n: ratio(get(n, "kiln", "forward_ms", "median"), get(n, "ort", "forward_ms", "median"),
                         FORWARD_TARGET, False))
@@ -167,7 +181,9 @@ def table(by, m):
     head = [
         f"Measured {m['date']} at kiln commit `{m['commit']}` on **{m['cpu']}** "
         f"({m['cpus']} CPUs visible, {m['isa']}, Linux {m['kernel']}); ONNX Runtime {ort_v} "
-        f"(onnxruntime-node, Node {m['node']}). One thread each, both pinned to CPU 0.",
+        f"(onnxruntime-node, Node {m['node']}). One thread each, both pinned to CPU 0. "
+        f"Load average at the end of the run (1 / 5 min): {m['loadavg']} — the machine is "
+        f"shared, so single numbers move by 10% or more between runs.",
         "",
         "| | " + " | ".join(models) + " |",
         "| --- |" + " --- |" * len(models),

@@ -1,7 +1,8 @@
 #!/bin/bash
 # run.sh — kiln against ONNX Runtime on the real models, one thread each.
 #
-#   bench/run.sh [--build DIR] [--runs N] [--loads N] [--fresh N] [--no-docs] [--only NAME]...
+#   bench/run.sh [--build DIR] [--runs N] [--loads N] [--fresh N] [--rounds N] [--no-docs]
+#                [--only NAME]...
 #
 # 1. makes sure onnxruntime-node is in bench/node_modules (npm install without its install
 #    script: the CPU library ships in the package);
@@ -9,7 +10,8 @@
 # 3. exports the models with tests/models/export_models.py into DIR/models (re-used while
 #    the script is unchanged) and traces each into an eager artifact;
 # 4. measures kiln (bench/bench_kiln.c) and ONNX Runtime (bench/ort_bench.js), first in
-#    --fresh fresh processes (first load / first session), then warm in one process;
+#    --fresh (3) fresh processes each (first load / first session), then warm in one
+#    process each, --rounds (3) times, kiln and ONNX Runtime taking turns;
 # 5. prints the table and writes it into docs/BENCHMARKS.md between the bench markers
 #    (unless --no-docs). Raw JSON lines are kept in DIR/bench-results.jsonl.
 # kiln runs on one core of one CPU (KILN_VISIBLE_CORES=0 KILN_CORE_SIZE=1); ONNX Runtime
@@ -23,6 +25,7 @@ BUILD=$ROOT/build-bench
 RUNS=50
 LOADS=10
 FRESH=3
+ROUNDS=3
 DOCS=1
 ONLY=()
 while [ $# -gt 0 ]; do
@@ -31,9 +34,10 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift 2 ;;
         --loads) LOADS=$2; shift 2 ;;
         --fresh) FRESH=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --no-docs) DOCS=0; shift ;;
         --only) ONLY+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,18 +64,8 @@ fi
 
 # 2. kiln_bench. A kiln that does not build leaves the ONNX Runtime side still measured.
 build_bench() {
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKILN_BUILD_TESTS=OFF >/dev/null || return 1
-    if grep -q '^ *add_subdirectory(bench)' "$ROOT/CMakeLists.txt"; then
-        cmake --build "$BUILD" -j2 --target kiln_bench >&2 || return 1
-    else
-        # Until the top-level CMakeLists.txt adds bench/, build it by hand against the library.
-        cmake --build "$BUILD" -j2 --target kiln_static >&2 || return 1
-        mkdir -p "$BUILD/bench"
-        # shellcheck disable=SC2046
-        cc -std=gnu11 -O2 -Wall -Wextra -I"$ROOT/include" "$HERE/bench_kiln.c" -o "$BENCH" \
-            "$BUILD/libkiln.a" $(pkg-config --libs libprotobuf-c libxxhash) -ldnnl -fopenmp \
-            -lpthread -lm || return 1
-    fi
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKILN_BUILD_TESTS=OFF >/dev/null &&
+        cmake --build "$BUILD" -j2 --target kiln_bench >&2
 }
 say "building kiln_bench in $BUILD"
 BENCH=$BUILD/bench/kiln_bench
@@ -120,9 +114,13 @@ for name in "${ONLY[@]}"; do
         [ $have_kiln = 0 ] || measure kiln_first "$name" "${PIN[@]}" "$BENCH" "$art" --first-only || true
         measure ort_first "$name" "${PIN[@]}" node "$HERE/ort_bench.js" "$MODELS" "$name" --first-only || true
     done
-    say "$name: warm (loads $LOADS, forwards $RUNS)"
-    [ $have_kiln = 0 ] || measure kiln "$name" "${PIN[@]}" "$BENCH" "$art" --loads "$LOADS" --runs "$RUNS" || true
-    measure ort "$name" "${PIN[@]}" node "$HERE/ort_bench.js" "$MODELS" "$name" --runs "$RUNS" --sessions "$LOADS" || true
+    # Warm measurements in interleaved rounds, so that a burst of other load on this shared
+    # machine hits both sides rather than one.
+    say "$name: warm, $ROUNDS rounds (loads $LOADS, forwards $RUNS)"
+    for _ in $(seq "$ROUNDS"); do
+        [ $have_kiln = 0 ] || measure kiln "$name" "${PIN[@]}" "$BENCH" "$art" --loads "$LOADS" --runs "$RUNS" || true
+        measure ort "$name" "${PIN[@]}" node "$HERE/ort_bench.js" "$MODELS" "$name" --runs "$RUNS" --sessions "$LOADS" || true
+    done
 done
 
 # 4. The table.
