@@ -129,5 +129,6 @@ KC_LOWER(kc_lower_resize);     /* Resize, Upsample */
 KC_LOWER(kc_lower_trilu);
 KC_LOWER(kc_lower_onehot);
 KC_LOWER(kc_lower_einsum);
+KC_LOWER(kc_lower_scatter_nd);  /* constant inputs only */
 
 #endif

@@ -853,3 +853,81 @@ kiln_status kc_lower_einsum(kc_ctx *c, const kg_node *n)
     KC_TRY(ein_order(c, n, &y, &ty, &out));
     return kc_out(c, n, 0, &y);
 }
+
+/* ---- ScatterND: no kernel; computed here when every input is constant (Swin's attention
+ * masks are built this way from shapes) ---- */
+
+#define SCATTER_REDUCE(T)                                                                   \
+    do {                                                                                    \
+        T *d = (T *)dst;                                                                    \
+        const T *u = (const T *)src;                                                        \
+        for (int64_t e = 0; e < block; e++)                                                 \
+            d[e] = red == 1 ? d[e] + u[e] : red == 2 ? d[e] * u[e] : red == 3 ?             \
+                   (d[e] > u[e] ? d[e] : u[e]) : (d[e] < u[e] ? d[e] : u[e]);               \
+    } while (0)
+
+kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
+{
+    static const char *const reds[] = {"none", "add", "mul", "max", "min"};
+    kc_val x, idx, upd, y;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &idx));
+    KC_TRY(kc_arg(c, n, 2, &upd));
+    const char *rs = kg_attr_string(n, "reduction", "none");
+    int red = str_index(rs, reds, 5);
+    if (red < 0)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
+    if (!kc_is_const(c, x.id) || !kc_is_const(c, idx.id) || !kc_is_const(c, upd.id))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "inputs not known at trace time (ScatterND is "
+                       "only computed on constants)");
+    KC_TRY(kc_same_dtype(c, n, &x, &upd));
+    if (idx.dt != KILN_I64 && idx.dt != KILN_I32)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices must be i64");
+    if (red && x.dt != KILN_F32 && x.dt != KILN_F64 && x.dt != KILN_I32 && x.dt != KILN_I64)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction on dtype %s", kiln_dtype_name(x.dt));
+    int k = idx.ndim ? (int)idx.shape[idx.ndim - 1] : 0;
+    bool ok = idx.ndim >= 1 && k >= 1 && k <= x.ndim && upd.ndim == idx.ndim - 1 + x.ndim - k;
+    for (int d = 0; ok && d < upd.ndim; d++)
+        ok = upd.shape[d] == (d < idx.ndim - 1 ? idx.shape[d] : x.shape[k + d - (idx.ndim - 1)]);
+    if (!ok)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices and updates do not fit data");
+    size_t es = kiln_dtype_size(x.dt);
+    int64_t block = kiln__numel(x.ndim - k, x.shape + k), nb = kiln__numel(idx.ndim - 1, idx.shape);
+    uint8_t *buf = kiln__malloc((size_t)kc_numel(&x) * es + 1);
+    if (!buf)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory for ScatterND");
+    memcpy(buf, kc_const_data(c, x.id), (size_t)kc_numel(&x) * es);
+    const void *iv = kc_const_data(c, idx.id);
+    const uint8_t *uv = kc_const_data(c, upd.id);
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t off = 0;
+        for (int j = 0; j < k; j++) {
+            int64_t i = idx.dt == KILN_I64 ? ((const int64_t *)iv)[b * k + j]
+                                           : ((const int32_t *)iv)[b * k + j];
+            if (i < 0)
+                i += x.shape[j];
+            if (i < 0 || i >= x.shape[j]) {
+                kiln__free(buf);
+                return kc_fail(c, n, KILN_ERR_SHAPE, "index %lld out of range on axis %d",
+                               (long long)i, j);
+            }
+            off = off * x.shape[j] + i;
+        }
+        uint8_t *dst = buf + (size_t)(off * block) * es;
+        const uint8_t *src = uv + (size_t)(b * block) * es;
+        if (red == 0)
+            memcpy(dst, src, (size_t)block * es);
+        else if (x.dt == KILN_F32)
+            SCATTER_REDUCE(float);
+        else if (x.dt == KILN_F64)
+            SCATTER_REDUCE(double);
+        else if (x.dt == KILN_I32)
+            SCATTER_REDUCE(int32_t);
+        else
+            SCATTER_REDUCE(int64_t);
+    }
+    kiln_status s = kc_const(c, x.dt, x.ndim, x.shape, buf, &y);
+    kiln__free(buf);
+    KC_TRY(s);
+    return kc_out(c, n, 0, &y);
+}
