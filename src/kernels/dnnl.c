@@ -126,7 +126,7 @@ typedef struct kd_plan {
     dnnl_alg_kind_t alg;
     float alpha, beta, eps;
     int axis;
-    unsigned flags;
+    bool cl;                    /* conv runs channels-last inside the kernel (see kd_create) */
     int n_post;
     kd_post post[KD_MAX_POST];
 } kd_plan;
@@ -303,8 +303,8 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
     int nop;
     if (!plan_post(p, op, fixed, pl, &nop))
         return false;
-    int main = op->n_in - nop;
-    if (main != 2 && main != 3)
+    int main = op->n_in - nop;   /* operands follow the bias slot (-1 when absent) */
+    if (main != 3 && !(main == 2 && nop == 0))
         return false;
     pl->b = main == 3 ? in[2] : -1;
     int64_t N = X->shape[0], C = X->shape[1], O = Y->shape[1];
@@ -343,6 +343,17 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
         }
         K *= k;
     }
+    /* Channels-last inside: with dense nchw activations oneDNN 2.6 only has its im2col
+     * gemm convolution; its brgemm convolutions want nhwc. For a spatial kernel, reordering
+     * in and out around brgconv costs far less than gemm loses (resnet18's convs: 15.4 ms
+     * against 22.2 ms on one core). A 1x1 conv is a plain gemm already. Binary post-op
+     * operands must not vary over space (their layout would differ from dst's). */
+    pl->cl = !transpose && K > 1;
+    for (int j = 0; j < pl->n_post; j++)
+        if (pl->post[j].type == KP_POST_BINARY)
+            for (int d = 2; d < nd; d++)
+                if (pl->post[j].dims[d] != 1)
+                    pl->cl = false;
     /* oneDNN weights: (O, C, k...) or (g, O/g, C/g, k...); plain strides of the ONNX layout */
     int wnd = g > 1 ? nd + 1 : nd, sp0 = wnd - (int)nsp;
     if (g > 1) {
@@ -394,8 +405,8 @@ static bool plan_matmul(const kp_program *p, const kp_op *op, kd_plan *pl)
     int nop;
     if (!plan_post(p, op, 0, pl, &nop))
         return false;
-    int main = op->n_in - nop;
-    if (main != 2 && main != 3)
+    int main = op->n_in - nop;   /* operands follow the bias slot (-1 when absent) */
+    if (main != 3 && !(main == 2 && nop == 0))
         return false;
     pl->b = main == 3 ? in[2] : -1;
     if (pl->b >= 0) {
@@ -861,6 +872,20 @@ static void md_strided(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims,
     KILN_ASSERT(s == dnnl_success);
 }
 
+/* N x C x spatial... stored channels-last (nhwc, ndhwc, nwc). */
+static void md_cl(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims)
+{
+    dnnl_dims_t st;
+    int64_t s = dims[1];
+    st[1] = 1;
+    for (int d = nd - 1; d >= 2; d--) {
+        st[d] = s;
+        s *= dims[d];
+    }
+    st[0] = s;
+    md_strided(md, nd, dims, st);
+}
+
 static void md_any(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims)
 {
     dnnl_status_t s = dnnl_memory_desc_init_by_tag(md, nd, dims, dnnl_f32, dnnl_format_tag_any);
@@ -953,8 +978,13 @@ static dnnl_status_t make_pd(const kd_plan *pl, bool any_weights, dnnl_engine_t 
     dnnl_status_t s = make_attr(pl, &attr);
     if (s != dnnl_success)
         return s;
-    md_plain(&src, pl->nd, pl->src);
-    md_plain(&dst, pl->nd, pl->dst);
+    if (pl->cl) {
+        md_cl(&src, pl->nd, pl->src);
+        md_cl(&dst, pl->nd, pl->dst);
+    } else {
+        md_plain(&src, pl->nd, pl->src);
+        md_plain(&dst, pl->nd, pl->dst);
+    }
     if (pl->wnd) {
         if (any_weights)
             md_any(&wei, pl->wnd, pl->wei);
@@ -1027,14 +1057,31 @@ static dnnl_status_t make_pd(const kd_plan *pl, bool any_weights, dnnl_engine_t 
  * Kernels
  * ------------------------------------------------------------------------------------- */
 
+enum { KD_MAX_STEPS = 4, KD_MAX_MEMS = 2 * KD_MAX_ARGS, KD_MAX_BOUND = 8 };
+
+/* One primitive execution of a kernel with its arguments. */
+typedef struct kd_step {
+    dnnl_primitive_t prim;
+    int nargs;
+    dnnl_exec_arg_t args[KD_MAX_ARGS];
+} kd_step;
+
+/* A kernel: its steps run in order on the core's stream. Usually one step (the op's
+ * primitive); a channels-last conv has reorder in, [reorder of the sum operand], conv,
+ * reorder out, with its channels-last tensors in the core's scratch buffer. Memory objects
+ * are made once here; kd_run only re-points the scratch-bound ones if the core's scratch
+ * buffer moved (it grows when a later kernel needs more). */
 typedef struct kd_kernel {
     kk_kernel base;
     kd_core  *core;
-    dnnl_primitive_t prim;
-    int       nargs;
-    dnnl_exec_arg_t args[KD_MAX_ARGS];  /* memory objects owned by the kernel */
-    int       scratch_arg;              /* index in args of the scratchpad, or -1 */
-    void     *scratch_seen;             /* the core scratchpad the handle points at */
+    int       nsteps;
+    kd_step   steps[KD_MAX_STEPS];
+    int       nmems;
+    dnnl_memory_t mems[KD_MAX_MEMS];    /* owned */
+    int       nbound;
+    struct { dnnl_memory_t mem; size_t off; } bound[KD_MAX_BOUND];   /* in core scratch */
+    size_t    scratch_need;             /* bytes of core scratch this kernel uses */
+    void     *scratch_seen;             /* the core scratch the bound memories point at */
     void     *owned;                    /* reordered weights (kiln__aligned_alloc) */
     const void *sum_src;                /* sum post-op operand to copy into dst first */
     void     *sum_dst;
@@ -1044,15 +1091,20 @@ typedef struct kd_kernel {
 static kiln_status kd_run(kk_kernel *kk)
 {
     kd_kernel *k = (kd_kernel *)kk;
-    if (k->scratch_arg >= 0 && k->scratch_seen != k->core->scratch) {
-        dnnl_memory_set_data_handle(k->args[k->scratch_arg].memory, k->core->scratch);
-        k->scratch_seen = k->core->scratch;
+    kd_core *core = k->core;
+    if (k->nbound && k->scratch_seen != core->scratch) {
+        for (int j = 0; j < k->nbound; j++)
+            dnnl_memory_set_data_handle(k->bound[j].mem, (char *)core->scratch + k->bound[j].off);
+        k->scratch_seen = core->scratch;
     }
     if (k->sum_src)
         memmove(k->sum_dst, k->sum_src, k->sum_bytes);
-    dnnl_status_t s = dnnl_primitive_execute(k->prim, k->core->stream, k->nargs, k->args);
+    dnnl_status_t s = dnnl_success;
+    for (int j = 0; j < k->nsteps && s == dnnl_success; j++)
+        s = dnnl_primitive_execute(k->steps[j].prim, core->stream, k->steps[j].nargs,
+                                   k->steps[j].args);
     if (s == dnnl_success)
-        s = dnnl_stream_wait(k->core->stream);
+        s = dnnl_stream_wait(core->stream);
     if (s != dnnl_success)
         return dfail(s, kk->prog, kk->op, "execute");
     return KILN_OK;
@@ -1061,24 +1113,92 @@ static kiln_status kd_run(kk_kernel *kk)
 static void kd_destroy(kk_kernel *kk)
 {
     kd_kernel *k = (kd_kernel *)kk;
-    for (int j = 0; j < k->nargs; j++)
-        dnnl_memory_destroy(k->args[j].memory);
-    dnnl_primitive_destroy(k->prim);
+    for (int j = 0; j < k->nmems; j++)
+        dnnl_memory_destroy(k->mems[j]);
+    for (int j = 0; j < k->nsteps; j++)
+        dnnl_primitive_destroy(k->steps[j].prim);
     kiln__free(k->owned);
     kiln__free(k);
 }
 
-static dnnl_status_t add_arg(kd_kernel *k, int arg, const dnnl_memory_desc_t *md, void *ptr)
+/* A memory object owned by the kernel over ptr (NULL on failure, status in *s). */
+static dnnl_memory_t new_mem(kd_kernel *k, const dnnl_memory_desc_t *md, void *ptr,
+                             dnnl_status_t *s)
 {
-    dnnl_engine_t e = engine;
-    KILN_ASSERT(k->nargs < KD_MAX_ARGS);
-    dnnl_memory_t m;
-    dnnl_status_t s = dnnl_memory_create(&m, md, e, ptr);
-    if (s == dnnl_success) {
-        k->args[k->nargs].arg = arg;
-        k->args[k->nargs].memory = m;
-        k->nargs++;
+    dnnl_memory_t m = NULL;
+    KILN_ASSERT(k->nmems < KD_MAX_MEMS);
+    *s = dnnl_memory_create(&m, md, engine, ptr);
+    if (*s != dnnl_success)
+        return NULL;
+    k->mems[k->nmems++] = m;
+    return m;
+}
+
+/* The same over bytes [off, off + size of md) of the core's scratch buffer. */
+static dnnl_memory_t bound_mem(kd_kernel *k, const dnnl_memory_desc_t *md, size_t off,
+                               dnnl_status_t *s)
+{
+    KILN_ASSERT(k->nbound < KD_MAX_BOUND);
+    dnnl_memory_t m = new_mem(k, md, (char *)k->core->scratch + off, s);
+    if (m) {
+        k->bound[k->nbound].mem = m;
+        k->bound[k->nbound].off = off;
+        k->nbound++;
     }
+    return m;
+}
+
+static void step_arg(kd_step *st, int arg, dnnl_memory_t m)
+{
+    KILN_ASSERT(st->nargs < KD_MAX_ARGS);
+    st->args[st->nargs].arg = arg;
+    st->args[st->nargs].memory = m;
+    st->nargs++;
+}
+
+/* Adds a memory over ptr as argument `arg` of step st. */
+static dnnl_status_t add_arg(kd_kernel *k, kd_step *st, int arg, const dnnl_memory_desc_t *md,
+                             void *ptr)
+{
+    dnnl_status_t s;
+    dnnl_memory_t m = new_mem(k, md, ptr, &s);
+    if (m)
+        step_arg(st, arg, m);
+    return s;
+}
+
+static size_t scratch_size(const_dnnl_primitive_desc_t pd)
+{
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    return md ? dnnl_memory_desc_get_size(md) : 0;
+}
+
+/* Creates step st's primitive from pd and binds its scratchpad (if any) at scratch offset 0. */
+static dnnl_status_t finish_step(kd_kernel *k, kd_step *st, const_dnnl_primitive_desc_t pd)
+{
+    dnnl_status_t s = dnnl_success;
+    const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (md && dnnl_memory_desc_get_size(md)) {
+        dnnl_memory_t m = bound_mem(k, md, 0, &s);
+        if (!m)
+            return s;
+        step_arg(st, DNNL_ARG_SCRATCHPAD, m);
+    }
+    return dnnl_primitive_create(&st->prim, pd);
+}
+
+/* Reorder pd with a user scratchpad (it shares the core's scratch like every step). */
+static dnnl_status_t reorder_pd(const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
+                                dnnl_primitive_desc_t *pd)
+{
+    dnnl_primitive_attr_t attr;
+    dnnl_status_t s = dnnl_primitive_attr_create(&attr);
+    if (s != dnnl_success)
+        return s;
+    s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (s == dnnl_success)
+        s = dnnl_reorder_primitive_desc_create(pd, from, engine, to, engine, attr);
+    dnnl_primitive_attr_destroy(attr);
     return s;
 }
 
@@ -1125,8 +1245,9 @@ static bool aliasing_ok(const kp_program *p, const kd_plan *pl, void *const *ptr
 
 /* Binds the weights: in place when they already are in the layout the primitive wants,
  * else reordered once into memory the kernel owns. */
-static kiln_status bind_weights(kd_kernel *k, const kp_program *p, uint32_t i, const kd_plan *pl,
-                                dnnl_primitive_desc_t pd, void *const *ptr, uint64_t *copied)
+static kiln_status bind_weights(kd_kernel *k, kd_step *step, const kp_program *p, uint32_t i,
+                                const kd_plan *pl, dnnl_primitive_desc_t pd, void *const *ptr,
+                                uint64_t *copied)
 {
     kiln_status st = KILN_OK;
     const kp_value *w = &p->values[pl->w];
@@ -1159,9 +1280,40 @@ static kiln_status bind_weights(kd_kernel *k, const kp_program *p, uint32_t i, c
         if (copied)
             *copied += n;
     }
-    DNNL_TRY(add_arg(k, DNNL_ARG_WEIGHTS, want, data), "memory");
+    DNNL_TRY(add_arg(k, step, DNNL_ARG_WEIGHTS, want, data), "memory");
 done:
     return st;
+}
+
+static const char *impl_name(const_dnnl_primitive_desc_t pd)
+{
+    const char *s = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &s) != dnnl_success || !s)
+        return "";
+    return s;
+}
+
+/* The op's primitive descriptor: for a constant weight let the primitive choose its
+ * layout; a channels-last conv must get a brgemm/jit implementation or it is not worth
+ * its reorders (then plain it is). */
+static dnnl_status_t choose_pd(kd_plan *pl, const kp_program *p, dnnl_engine_t e,
+                               dnnl_primitive_desc_t *pd)
+{
+    bool any = weights_free_layout(p, pl);
+    dnnl_status_t s = make_pd(pl, any, e, pd);
+    if (s == dnnl_success && pl->cl &&
+        (strncmp(impl_name(*pd), "gemm", 4) == 0 || strstr(impl_name(*pd), "ref"))) {
+        dnnl_primitive_desc_destroy(*pd);
+        *pd = NULL;
+        s = dnnl_unimplemented;
+    }
+    if (s != dnnl_success && pl->cl) {
+        pl->cl = false;
+        s = make_pd(pl, any, e, pd);
+    }
+    if (s != dnnl_success && any)
+        s = make_pd(pl, false, e, pd);   /* no implementation takes "any": plain weights */
+    return s;
 }
 
 kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *ptr,
@@ -1181,7 +1333,7 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     dnnl_engine_t e = NULL;
     if ((st = get_engine(&e)))
         return st;
-    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_desc_t pd = NULL, rpd[3] = { NULL, NULL, NULL };
     uint64_t ncopied = 0;
     kd_kernel *k = kiln__calloc(1, sizeof *k);
     if (!k)
@@ -1191,36 +1343,90 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     k->base.prog = p;
     k->base.op = i;
     k->core = core;
-    k->scratch_arg = -1;
 
-    bool any = weights_free_layout(p, &pl);
-    dnnl_status_t s = make_pd(&pl, any, e, &pd);
-    if (s != dnnl_success && any)
-        s = make_pd(&pl, false, e, &pd);   /* no implementation takes "any": plain weights */
-    DNNL_TRY(s, "primitive descriptor");
+    DNNL_TRY(choose_pd(&pl, p, e, &pd), "primitive descriptor");
 
-    dnnl_memory_desc_t md;
-    md_plain(&md, pl.nd, pl.src);
-    DNNL_TRY(add_arg(k, DNNL_ARG_SRC, &md, ptr[pl.x]), "memory");
-    md_plain(&md, pl.nd, pl.dst);
-    DNNL_TRY(add_arg(k, DNNL_ARG_DST, &md, ptr[pl.y]), "memory");
+    /* Scratch layout: [0, sp) every step's scratchpad (steps run one after another);
+     * channels-last: then src and dst in nhwc order. */
+    dnnl_memory_desc_t md, src_cl, dst_cl, src_pl, dst_pl;
+    size_t sp = scratch_size(pd), off_src = 0, off_dst = 0, need;
+    const void *sum_operand = NULL;
+    md_plain(&src_pl, pl.nd, pl.src);
+    md_plain(&dst_pl, pl.nd, pl.dst);
+    if (pl.cl) {
+        md_cl(&src_cl, pl.nd, pl.src);
+        md_cl(&dst_cl, pl.nd, pl.dst);
+        DNNL_TRY(reorder_pd(&src_pl, &src_cl, &rpd[0]), "reorder to nhwc");
+        DNNL_TRY(reorder_pd(&dst_cl, &dst_pl, &rpd[1]), "reorder from nhwc");
+        for (int j = 0; j < pl.n_post; j++)
+            if (pl.post[j].type == KP_POST_SUM) {
+                sum_operand = ptr[pl.post[j].operand];
+                DNNL_TRY(reorder_pd(&dst_pl, &dst_cl, &rpd[2]), "reorder to nhwc");
+            }
+        for (int j = 0; j < 3; j++)
+            if (rpd[j] && scratch_size(rpd[j]) > sp)
+                sp = scratch_size(rpd[j]);
+        off_src = (size_t)kiln__align_up(sp, 4096);
+        off_dst = off_src + (size_t)kiln__align_up(val_bytes(p, pl.x), 4096);
+        need = off_dst + val_bytes(p, pl.y);
+    } else {
+        need = sp;
+    }
+    if ((st = core_scratch(core, need)))
+        goto done;
+    k->scratch_need = need;
+    k->scratch_seen = core->scratch;
+
+    kd_step *main;
+    dnnl_status_t s = dnnl_success;
+    if (pl.cl) {
+        /* reorder in [, sum operand into dst], conv, reorder out */
+        dnnl_memory_t xs = new_mem(k, &src_pl, ptr[pl.x], &s), xc = NULL, yc = NULL, ys = NULL;
+        if (xs) xc = bound_mem(k, &src_cl, off_src, &s);
+        if (s == dnnl_success) yc = bound_mem(k, &dst_cl, off_dst, &s);
+        if (s == dnnl_success) ys = new_mem(k, &dst_pl, ptr[pl.y], &s);
+        DNNL_TRY(s, "memory");
+        kd_step *r = &k->steps[k->nsteps++];
+        step_arg(r, DNNL_ARG_FROM, xs);
+        step_arg(r, DNNL_ARG_TO, xc);
+        DNNL_TRY(finish_step(k, r, rpd[0]), "reorder");
+        if (rpd[2]) {
+            dnnl_memory_t so = new_mem(k, &dst_pl, (void *)sum_operand, &s);
+            DNNL_TRY(s, "memory");
+            r = &k->steps[k->nsteps++];
+            step_arg(r, DNNL_ARG_FROM, so);
+            step_arg(r, DNNL_ARG_TO, yc);
+            DNNL_TRY(finish_step(k, r, rpd[2]), "reorder");
+        }
+        main = &k->steps[k->nsteps++];
+        step_arg(main, DNNL_ARG_SRC, xc);
+        step_arg(main, DNNL_ARG_DST, yc);
+        r = &k->steps[k->nsteps++];   /* filled below, after the main step */
+        step_arg(r, DNNL_ARG_FROM, yc);
+        step_arg(r, DNNL_ARG_TO, ys);
+        DNNL_TRY(finish_step(k, r, rpd[1]), "reorder");
+    } else {
+        main = &k->steps[k->nsteps++];
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_SRC, &src_pl, ptr[pl.x]), "memory");
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_DST, &dst_pl, ptr[pl.y]), "memory");
+    }
     switch (pl.kind) {
     case KP_CONV:
     case KP_CONV_TRANSPOSE:
     case KP_MATMUL:
-        if ((st = bind_weights(k, p, i, &pl, pd, ptr, &ncopied)))
+        if ((st = bind_weights(k, main, p, i, &pl, pd, ptr, &ncopied)))
             goto done;
         if (pl.b >= 0) {
             md_plain(&md, pl.bnd, pl.bias);
-            DNNL_TRY(add_arg(k, DNNL_ARG_BIAS, &md, ptr[pl.b]), "memory");
+            DNNL_TRY(add_arg(k, main, DNNL_ARG_BIAS, &md, ptr[pl.b]), "memory");
         }
         for (int j = 0; j < pl.n_post; j++) {
             const kd_post *q = &pl.post[j];
             if (q->type == KP_POST_BINARY) {
                 md_plain(&md, pl.nd, q->dims);
-                DNNL_TRY(add_arg(k, DNNL_ARG_ATTR_MULTIPLE_POST_OP(j) | DNNL_ARG_SRC_1, &md,
+                DNNL_TRY(add_arg(k, main, DNNL_ARG_ATTR_MULTIPLE_POST_OP(j) | DNNL_ARG_SRC_1, &md,
                                  ptr[q->operand]), "memory");
-            } else if (q->type == KP_POST_SUM && ptr[q->operand] != ptr[pl.y]) {
+            } else if (q->type == KP_POST_SUM && !pl.cl && ptr[q->operand] != ptr[pl.y]) {
                 k->sum_src = ptr[q->operand];
                 k->sum_dst = ptr[pl.y];
                 k->sum_bytes = val_bytes(p, pl.y);
@@ -1229,42 +1435,33 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
         break;
     case KP_BINARY:
         md_plain(&md, pl.wnd, pl.wei);
-        DNNL_TRY(add_arg(k, DNNL_ARG_SRC_1, &md, ptr[pl.w]), "memory");
-        k->args[0].arg = DNNL_ARG_SRC_0;
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_SRC_1, &md, ptr[pl.w]), "memory");
         break;
     case KP_LAYERNORM: {
         dnnl_dims_t cdim = { pl.src[1] };
         md_plain(&md, 1, cdim);
-        DNNL_TRY(add_arg(k, DNNL_ARG_SCALE, &md, ptr[pl.w]), "memory");
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_SCALE, &md, ptr[pl.w]), "memory");
         if (pl.b >= 0)
-            DNNL_TRY(add_arg(k, DNNL_ARG_SHIFT, &md, ptr[pl.b]), "memory");
+            DNNL_TRY(add_arg(k, main, DNNL_ARG_SHIFT, &md, ptr[pl.b]), "memory");
         break;
     }
     case KP_BATCHNORM: {
         dnnl_dims_t cdim = { pl.src[1] };
         md_plain(&md, 1, cdim);
-        DNNL_TRY(add_arg(k, DNNL_ARG_SCALE, &md, ptr[pl.w]), "memory");
-        DNNL_TRY(add_arg(k, DNNL_ARG_SHIFT, &md, ptr[pl.b]), "memory");
-        DNNL_TRY(add_arg(k, DNNL_ARG_MEAN, &md, ptr[pl.extra[0]]), "memory");
-        DNNL_TRY(add_arg(k, DNNL_ARG_VARIANCE, &md, ptr[pl.extra[1]]), "memory");
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_SCALE, &md, ptr[pl.w]), "memory");
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_SHIFT, &md, ptr[pl.b]), "memory");
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_MEAN, &md, ptr[pl.extra[0]]), "memory");
+        DNNL_TRY(add_arg(k, main, DNNL_ARG_VARIANCE, &md, ptr[pl.extra[1]]), "memory");
         break;
     }
     default:
         break;
     }
-
-    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-    size_t sbytes = smd ? dnnl_memory_desc_get_size(smd) : 0;
-    if (sbytes) {
-        if ((st = core_scratch(core, sbytes)))
-            goto done;
-        k->scratch_arg = k->nargs;
-        k->scratch_seen = core->scratch;
-        DNNL_TRY(add_arg(k, DNNL_ARG_SCRATCHPAD, smd, core->scratch), "memory");
-    }
-    DNNL_TRY(dnnl_primitive_create(&k->prim, pd), "primitive");
+    DNNL_TRY(finish_step(k, main, pd), "primitive");
 done:
     dnnl_primitive_desc_destroy(pd);
+    for (int j = 0; j < 3; j++)
+        dnnl_primitive_desc_destroy(rpd[j]);
     if (st) {
         kd_destroy(&k->base);
         return st;
@@ -1295,8 +1492,8 @@ kiln_status kd_pack_weight(const kp_program *p, uint32_t i, int which, const voi
     dnnl_primitive_desc_t pd = NULL;
     dnnl_stream_t stream = NULL;
     void *buf = NULL;
-    if (make_pd(&pl, true, e, &pd) != dnnl_success)
-        return KILN_OK;   /* no implementation chooses: keep it plain */
+    if (choose_pd(&pl, p, e, &pd) != dnnl_success)
+        return KILN_OK;   /* no implementation: keep it plain */
     const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     dnnl_memory_desc_t have;
     md_strided(&have, pl.wnd, pl.wei, pl.wplain);
