@@ -684,11 +684,17 @@ static bool ein_parse(const char *s, size_t len, int rank, int E, ein_term *t, i
             t->l[t->n++] = s[i];
         }
     }
+    return true;
+}
+
+/* Whether a term repeats a label (a diagonal, which kiln does not take). */
+static bool ein_repeats(const ein_term *t)
+{
     for (int i = 0; i < t->n; i++)
         for (int j = 0; j < i; j++)
             if (t->l[i] == t->l[j])
-                return false;
-    return true;
+                return true;
+    return false;
 }
 
 static int ein_find(const ein_term *t, char l)
@@ -760,15 +766,18 @@ kiln_status kc_lower_einsum(kc_ctx *c, const kg_node *n)
             if (pass == 0)
                 KC_TRY(kc_arg(c, n, i, &x[i]));
             if (!ein_parse(buf + start[i], tlen[i], x[i].ndim, pass ? E : KILN_MAX_DIMS, &t[i], &ne[i]))
-                return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "equation '%s' (operand %d)", eq, i);
+                return kc_fail(c, n, KILN_ERR_SHAPE, "equation '%s' does not fit operand %d", eq, i);
+            if (ein_repeats(&t[i]))
+                return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "equation '%s': repeated labels "
+                               "(diagonals) are not supported", eq);
             if (pass == 0 && ne[i] > E)
                 E = ne[i];
         }
     if (nin == 2)
         KC_TRY(kc_same_dtype(c, n, &x[0], &x[1]));
     if (arrow) {
-        if (!ein_parse(arrow + 2, strlen(arrow + 2), -1, E, &out, NULL))
-            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "equation '%s' (output)", eq);
+        if (!ein_parse(arrow + 2, strlen(arrow + 2), -1, E, &out, NULL) || ein_repeats(&out))
+            return kc_fail(c, n, KILN_ERR_SHAPE, "equation '%s': bad output term", eq);
     } else {                                   /* implicit: ellipsis, then labels seen once */
         out.n = 0;
         for (int j = 0; j < E; j++)
