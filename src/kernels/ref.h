@@ -118,7 +118,7 @@ typedef struct kr_map {
     int64_t *off[KILN_MAX_DIMS];    /* off[d][0..n[d]): element offsets into X, or -1 */
     int64_t *buf;                   /* owns every off[d] */
     bool inner_contig;              /* off[nd-1][j] == off[nd-1][0] + j, none < 0 */
-    uint8_t fill[8];
+    _Alignas(8) uint8_t fill[8];   /* one element of the fill value */
 } kr_map;
 /* Allocates the maps for an output of shape n (nd 0 is treated as one dim of 1). The
  * caller fills off[d][*] and then calls kr_map_finish. */
