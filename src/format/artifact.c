@@ -391,6 +391,10 @@ static atomic_long io_budget = -1;
 
 void ka__test_fail_io_after(long n) { atomic_store(&io_budget, n); }
 
+static atomic_bool skip_fsync;
+
+void ka__test_skip_fsync(bool skip) { atomic_store(&skip_fsync, skip); }
+
 static bool io_allowed(void)
 {
     long b = atomic_load(&io_budget);
@@ -465,7 +469,7 @@ static kiln_status write_atomically(const char *path, const uint8_t *head, size_
         st = kiln__fail(KILN_ERR_IO, "%s: write failed: %s", path, strerror(errno));
         goto fail;
     }
-    if (!io_allowed() || fsync(fd) != 0) {
+    if (!io_allowed() || (!atomic_load(&skip_fsync) && fsync(fd) != 0)) {
         st = kiln__fail(KILN_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
         goto fail;
     }
@@ -481,7 +485,7 @@ static kiln_status write_atomically(const char *path, const uint8_t *head, size_
     }
     /* The artifact is complete at path now. Syncing the directory makes the rename
      * durable; if that fails there is nothing left to undo, so it is not an error. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = atomic_load(&skip_fsync) ? -1 : open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);
         close(dfd);

@@ -37,7 +37,9 @@ KILN_INTERNAL const ka_section *ka_file_section(const ka_file *f, uint32_t i); /
 KILN_INTERNAL kiln_status ka_check_weights(const ka_file *f, const kp_program *p, uint8_t *bad,
                                            uint32_t *n_bad, bool *section_ok);
 
-/* Test hook: make the (n+1)-th file-system call of ka_save fail with EIO (-1: never). */
+/* Test hooks: make the (n+1)-th file-system call of ka_save fail with EIO (-1: never);
+ * skip ka_save's fsyncs (tests that write hundreds of files on a busy disk). */
 KILN_INTERNAL void ka__test_fail_io_after(long n);
+KILN_INTERNAL void ka__test_skip_fsync(bool skip);
 
 #endif
