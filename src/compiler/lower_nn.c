@@ -408,6 +408,8 @@ kiln_status kc_lower_batchnorm(kc_ctx *c, const kg_node *n)
     KC_TRY(kc_check_rank(c, n, &x, "X", 2, KILN_MAX_DIMS));
     if (kg_attr_int(n, "training_mode", 0) != 0)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "training_mode 1");
+    if (kg_attr_int(n, "spatial", 1) == 0)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "spatial 0 (per-activation statistics)");
     for (int i = 1; i < 5; i++)
         if (kc_output_wanted(c, n, i))
             return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "training outputs (running mean/var)");

@@ -9,6 +9,36 @@
 #include <math.h>
 #include <string.h>
 
+/* A constant of `shape` with every element equal to the `es` bytes at `elem`. */
+static kiln_status filled_const(kc_ctx *c, kiln_dtype dt, int ndim, const int64_t *shape,
+                                const void *elem, kc_val *out)
+{
+    int64_t cnt = kiln__numel(ndim, shape);
+    size_t es = kiln_dtype_size(dt);
+    uint8_t *buf = kiln__malloc((size_t)cnt * es + 1);
+    if (!buf)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory for a %lld-element constant", (long long)cnt);
+    for (int64_t i = 0; i < cnt; i++)
+        memcpy(buf + i * es, elem, es);
+    kiln_status s = kc_const(c, dt, ndim, shape, buf, out);
+    kiln__free(buf);
+    return s;
+}
+
+/* The value 1 of dtype dt, stored at p. */
+static void put_one(kiln_dtype dt, void *p)
+{
+    switch (dt) {
+    case KILN_F32: *(float *)p = 1.0f; break;
+    case KILN_F64: *(double *)p = 1.0; break;
+    case KILN_F16: *(uint16_t *)p = 0x3c00; break;
+    case KILN_BF16: *(uint16_t *)p = 0x3f80; break;
+    case KILN_I32: *(int32_t *)p = 1; break;
+    case KILN_I64: *(int64_t *)p = 1; break;
+    default: *(uint8_t *)p = 1; break;                 /* i8, u8, bool */
+    }
+}
+
 kiln_status kc_lower_identity(kc_ctx *c, const kg_node *n)
 {
     kc_val x, mask;
@@ -26,15 +56,11 @@ kiln_status kc_lower_identity(kc_ctx *c, const kg_node *n)
             if (ratio != 0.0)
                 return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "training_mode (random dropout)");
         }
-        if (kc_output_wanted(c, n, 1)) {
-            int64_t cnt_el = kc_numel(&x);
-            uint8_t *ones = kiln__malloc((size_t)cnt_el + 1);
-            if (!ones)
-                return kiln__fail(KILN_ERR_NOMEM, "out of memory for a dropout mask");
-            memset(ones, 1, (size_t)cnt_el);
-            kiln_status s = kc_const(c, KILN_BOOL, x.ndim, x.shape, ones, &mask);
-            kiln__free(ones);
-            KC_TRY(s);
+        if (kc_output_wanted(c, n, 1)) {               /* nothing dropped: all ones */
+            kiln_dtype mdt = kc_opset(c) < 10 ? x.dt : KILN_BOOL;
+            uint64_t one = 0;
+            put_one(mdt, &one);
+            KC_TRY(filled_const(c, mdt, x.ndim, x.shape, &one, &mask));
             KC_TRY(kc_out(c, n, 1, &mask));
         }
     }
@@ -166,22 +192,6 @@ kiln_status kc_lower_size(kc_ctx *c, const kg_node *n)
     int64_t numel = kc_numel(&x);
     KC_TRY(kc_const(c, KILN_I64, 0, NULL, &numel, &y));
     return kc_out(c, n, 0, &y);
-}
-
-/* A constant of `shape` with every element equal to the `es` bytes at `elem`. */
-static kiln_status filled_const(kc_ctx *c, kiln_dtype dt, int ndim, const int64_t *shape,
-                                const void *elem, kc_val *out)
-{
-    int64_t cnt = kiln__numel(ndim, shape);
-    size_t es = kiln_dtype_size(dt);
-    uint8_t *buf = kiln__malloc((size_t)cnt * es + 1);
-    if (!buf)
-        return kiln__fail(KILN_ERR_NOMEM, "out of memory for a %lld-element constant", (long long)cnt);
-    for (int64_t i = 0; i < cnt; i++)
-        memcpy(buf + i * es, elem, es);
-    kiln_status s = kc_const(c, dt, ndim, shape, buf, out);
-    kiln__free(buf);
-    return s;
 }
 
 static kiln_status tensor_const(kc_ctx *c, const kg_node *n, const kg_tensor *t, kc_val *out)
@@ -319,16 +329,7 @@ kiln_status kc_lower_eye_like(kc_ctx *c, const kg_node *n)
         int64_t j = i + k;
         if (j < 0 || j >= cols)
             continue;
-        uint8_t *p = buf + (i * cols + j) * es;
-        switch (dt) {
-        case KILN_F32: *(float *)p = 1.0f; break;
-        case KILN_F64: *(double *)p = 1.0; break;
-        case KILN_F16: *(uint16_t *)p = 0x3c00; break;
-        case KILN_BF16: *(uint16_t *)p = 0x3f80; break;
-        case KILN_I32: *(int32_t *)p = 1; break;
-        case KILN_I64: *(int64_t *)p = 1; break;
-        default: *p = 1; break;                     /* i8, u8, bool */
-        }
+        put_one(dt, buf + (i * cols + j) * es);
     }
     kiln_status s = kc_const(c, dt, 2, x.shape, buf, &y);
     kiln__free(buf);
