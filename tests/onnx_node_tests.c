@@ -208,6 +208,60 @@ static void report_ops(const char *model)
     onnx__model_proto__free_unpacked(mp, NULL);
 }
 
+/* kg_read_tensor_file, except that a uint16 tensor is taken as bfloat16 where the graph
+ * declares bfloat16: ONNX's test data stores bfloat16 that way (numpy has no bfloat16). */
+static kiln_status read_tensor(const char *path, kiln_dtype want, kg_tensor **out)
+{
+    kiln_status st = kg_read_tensor_file(path, out, NULL);
+    if (st != KILN_ERR_UNSUPPORTED || want != KILN_BF16)
+        return st;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return st;
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap)
+            buf = xrealloc(buf, cap = cap ? cap * 2 : 65536);
+        size_t r = fread(buf + n, 1, cap - n, f);
+        if (r == 0)
+            break;
+        n += r;
+    }
+    fclose(f);
+    Onnx__TensorProto *tp = onnx__tensor_proto__unpack(NULL, n, buf);
+    free(buf);
+    kg_tensor *t = NULL;
+    if (tp && tp->data_type == ONNX__TENSOR_PROTO__DATA_TYPE__UINT16 && tp->n_dims <= KILN_MAX_DIMS) {
+        t = kiln__calloc(1, sizeof *t);
+        t->dtype = KILN_BF16;
+        t->ndim = (int)tp->n_dims;
+        for (int d = 0; d < t->ndim; d++)
+            t->shape[d] = tp->dims[d];
+        int64_t numel = kiln__numel(t->ndim, t->shape);
+        t->nbytes = numel > 0 ? (size_t)numel * 2 : 0;
+        t->data = t->nbytes ? kiln__malloc(t->nbytes) : NULL;
+        if (numel < 0 || (t->nbytes && !t->data)) {
+            kg_tensor_free(t);
+            t = NULL;
+        } else if (tp->has_raw_data && tp->raw_data.len == t->nbytes) {
+            if (t->nbytes)
+                memcpy(t->data, tp->raw_data.data, t->nbytes);
+        } else if (tp->n_int32_data == (size_t)numel) {
+            for (int64_t i = 0; i < numel; i++)
+                ((uint16_t *)t->data)[i] = (uint16_t)tp->int32_data[i];
+        } else {
+            kg_tensor_free(t);
+            t = NULL;
+        }
+    }
+    onnx__tensor_proto__free_unpacked(tp, NULL);
+    if (!t)
+        return st;
+    *out = t;
+    return KILN_OK;
+}
+
 static float f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
@@ -364,7 +418,7 @@ static char run_one(const char *dir)
             goto done;
         }
         mkpath(path, "%s/test_data_set_0/input_%zu.pb", dir, i);
-        if ((st = kg_read_tensor_file(path, &in_t[i], NULL)) != KILN_OK) {
+        if ((st = read_tensor(path, spec.dtype, &in_t[i])) != KILN_OK) {
             say('M', "reading input_%zu.pb: %s: %s", i, kiln_status_name(st), kiln_last_error());
             verdict = st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
             goto done;
@@ -410,7 +464,7 @@ static char run_one(const char *dir)
             goto done;
         }
         mkpath(path, "%s/test_data_set_0/output_%zu.pb", dir, i);
-        if ((st = kg_read_tensor_file(path, &ref_t[i], NULL)) != KILN_OK) {
+        if ((st = read_tensor(path, outputs[i].dtype, &ref_t[i])) != KILN_OK) {
             say('M', "reading output_%zu.pb: %s: %s", i, kiln_status_name(st), kiln_last_error());
             verdict = st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
             goto done;
@@ -586,45 +640,69 @@ static void squash(const char *s, char *out, size_t n)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* A test whose model has one op type belongs to that op. Others (expanded functions, models
- * kiln could not read) belong to the op, among those single-op tests exercise, whose name
- * is the longest prefix of the test's name; failing that, to their first op. */
+static bool single_op(const result *r) { return r->ops[0] && !strchr(r->ops, ' '); }
+
+static bool is_expanded(const char *name)
+{
+    size_t l = strlen(name);
+    return l > 9 && strcmp(name + l - 9, "_expanded") == 0;
+}
+
+/* The op of a test that is not simply its model's one op type: the op, among those that
+ * single-op tests exercise, whose name is the longest prefix of the test's name
+ * ("test_reduce_sum_square_..." -> ReduceSumSquare); failing that, the model's first op. */
+static char *op_by_name(const result *r, char **primary, size_t n_primary)
+{
+    char tname[512], oname[512];
+    squash(r->name + (strncmp(r->name, "test_", 5) == 0 ? 5 : 0), tname, sizeof tname);
+    const char *best = NULL;
+    size_t best_len = 0;
+    for (size_t k = 0; k < n_primary; k++) {
+        squash(primary[k], oname, sizeof oname);
+        size_t l = strlen(oname);
+        if (l > best_len && strncmp(tname, oname, l) == 0) {
+            best = primary[k];
+            best_len = l;
+        }
+    }
+    if (best)
+        return xstrdup(best);
+    if (r->ops[0]) {
+        char *op = xstrdup(r->ops);
+        op[strcspn(op, " ")] = '\0';
+        return op;
+    }
+    return xstrdup("(unknown)");
+}
+
+/* Which op each test belongs to: a test of one op type belongs to that op; an "_expanded"
+ * test (a function op written out in primitive ops) to the op of the test it expands;
+ * anything else goes by its name (op_by_name). */
 static void assign_ops(result *res, size_t n)
 {
     char **primary = NULL;
     size_t n_primary = 0;
     for (size_t i = 0; i < n; i++) {
-        if (res[i].ops[0] && !strchr(res[i].ops, ' ')) {
+        if (single_op(&res[i]) && !is_expanded(res[i].name)) {
+            res[i].op = xstrdup(res[i].ops);
             primary = xrealloc(primary, (n_primary + 1) * sizeof *primary);
-            primary[n_primary++] = res[i].ops;
+            primary[n_primary++] = res[i].op;
         }
     }
     for (size_t i = 0; i < n; i++) {
-        if (res[i].ops[0] && !strchr(res[i].ops, ' ')) {
-            res[i].op = xstrdup(res[i].ops);
+        if (!res[i].op && !is_expanded(res[i].name))
+            res[i].op = op_by_name(&res[i], primary, n_primary);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].op)
             continue;
+        size_t l = strlen(res[i].name) - 9;
+        for (size_t k = 0; k < n && !res[i].op; k++) {
+            if (res[k].op && strlen(res[k].name) == l && strncmp(res[k].name, res[i].name, l) == 0)
+                res[i].op = xstrdup(res[k].op);
         }
-        char tname[512], oname[512];
-        squash(res[i].name + (strncmp(res[i].name, "test_", 5) == 0 ? 5 : 0), tname, sizeof tname);
-        const char *best = NULL;
-        size_t best_len = 0;
-        for (size_t k = 0; k < n_primary; k++) {
-            squash(primary[k], oname, sizeof oname);
-            size_t l = strlen(oname);
-            if (l > best_len && strncmp(tname, oname, l) == 0) {
-                best = primary[k];
-                best_len = l;
-            }
-        }
-        if (best) {
-            res[i].op = xstrdup(best);
-        } else if (res[i].ops[0]) {
-            size_t l = strcspn(res[i].ops, " ");
-            res[i].op = xstrdup(res[i].ops);
-            res[i].op[l] = '\0';
-        } else {
-            res[i].op = xstrdup("(unknown)");
-        }
+        if (!res[i].op)
+            res[i].op = single_op(&res[i]) ? xstrdup(res[i].ops) : op_by_name(&res[i], primary, n_primary);
     }
     free(primary);
 }
