@@ -166,7 +166,7 @@ ok trace_two "$KILN" trace m/two.onnx -o two.kiln
 
 # inspect
 ok inspect_mlp "$KILN" inspect mlp.kiln
-for word in x y 4x16 ok; do has inspect_mlp "$word"; done
+for word in flags 4x16 4x8 ok; do has inspect_mlp "$word"; done
 ok inspect_lazy "$KILN" inspect mlp_lazy.kiln
 has inspect_lazy lazy
 ok inspect_async "$KILN" inspect mlp_async.kiln

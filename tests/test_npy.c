@@ -29,16 +29,6 @@ static const kiln_dtype all_dtypes[] = {KILN_F32, KILN_F64, KILN_F16, KILN_I8,
                                         KILN_U8,  KILN_I32, KILN_I64, KILN_BOOL};
 #define N_DTYPES (sizeof all_dtypes / sizeof all_dtypes[0])
 
-static size_t dsize(kiln_dtype t)
-{
-    switch (t) {
-    case KILN_F64: case KILN_I64: return 8;
-    case KILN_F32: case KILN_I32: return 4;
-    case KILN_F16: case KILN_BF16: return 2;
-    default: return 1;
-    }
-}
-
 static size_t numel(const kiln_tensor *t)
 {
     size_t n = 1;
@@ -99,7 +89,7 @@ static size_t make_npy(unsigned char *out, int major, const char *dict, const vo
 static void fill(kiln_tensor *t, unsigned seed)
 {
     unsigned char *p = t->data;
-    size_t n = numel(t) * dsize(t->dtype);
+    size_t n = numel(t) * kiln_dtype_size(t->dtype);
     for (size_t i = 0; i < n; i++)
         p[i] = t->dtype == KILN_BOOL ? (unsigned char)((i + seed) % 2)
                                      : (unsigned char)(i * 37 + seed * 11 + 5);
@@ -112,7 +102,7 @@ static void test_round_trips(void)
         for (int rank = 0; rank <= 4; rank++) {
             kiln_tensor t = {all_dtypes[d], rank, {0}, NULL};
             memcpy(t.shape, dims, sizeof dims[0] * (size_t)rank);
-            size_t nbytes = numel(&t) * dsize(t.dtype);
+            size_t nbytes = numel(&t) * kiln_dtype_size(t.dtype);
             t.data = malloc(nbytes);
             fill(&t, (unsigned)(d * 5 + (size_t)rank));
             char name[64];
@@ -433,7 +423,7 @@ static void test_numpy(void)
         kiln_tensor t;
         if (CHECK(ok && bin) && EXPECT(npy_read(test_path(file), &t), KILN_OK)) {
             int same = t.ndim == ndim && memcmp(t.shape, shape, sizeof shape[0] * (size_t)ndim) == 0 &&
-                       numel(&t) * dsize(t.dtype) == blen && memcmp(t.data, bin, blen) == 0;
+                       numel(&t) * kiln_dtype_size(t.dtype) == blen && memcmp(t.data, bin, blen) == 0;
             if (!same)
                 fprintf(stderr, "FAIL: %s.npy read differently from numpy's bytes\n", name);
             CHECK(same);
