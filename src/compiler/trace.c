@@ -769,7 +769,8 @@ static kiln_status seal(kc_ctx *c, const uint8_t *live, const uint32_t *outputs,
     if (!q->values || !q->ops || !q->io || !q->ia || !q->fa || !q->blob || !q->strings ||
         !q->inputs || !q->outputs || !w)
         goto nomem;
-    memcpy(q->blob, p->blob, p->n_blob);
+    if (p->n_blob)
+        memcpy(q->blob, p->blob, p->n_blob);
     memcpy(q->strings, p->strings, p->n_strings);
     q->n_blob = p->n_blob;
     q->n_strings = p->n_strings;
@@ -803,9 +804,11 @@ static kiln_status seal(kc_ctx *c, const uint8_t *live, const uint32_t *outputs,
         const int32_t *io = p->io + op->io;
         for (int k = 0; k < op->n_in + op->n_out; k++)
             q->io[q->n_io++] = io[k] < 0 ? -1 : remap[io[k]];
-        memcpy(q->ia + q->n_ia, p->ia + op->ia, sizeof(int64_t) * op->n_ia);
+        if (op->n_ia)
+            memcpy(q->ia + q->n_ia, p->ia + op->ia, sizeof(int64_t) * op->n_ia);
         q->n_ia += op->n_ia;
-        memcpy(q->fa + q->n_fa, p->fa + op->fa, sizeof(float) * op->n_fa);
+        if (op->n_fa)
+            memcpy(q->fa + q->n_fa, p->fa + op->fa, sizeof(float) * op->n_fa);
         q->n_fa += op->n_fa;
     }
     for (uint32_t i = 0; i < p->n_inputs; i++)
