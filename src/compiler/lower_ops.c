@@ -323,6 +323,7 @@ const kc_op_def kc_op_table[] = {
     {"DepthToSpace", kc_lower_depth_space}, {"SpaceToDepth", kc_lower_depth_space},
     {"Resize", kc_lower_resize}, {"Upsample", kc_lower_resize},
     {"Trilu", kc_lower_trilu}, {"OneHot", kc_lower_onehot}, {"Einsum", kc_lower_einsum},
-    {"ScatterND", kc_lower_scatter_nd},
+    {"ScatterND", kc_lower_scatter_nd}, {"GatherElements", kc_lower_gather_elements},
+    {"GatherND", kc_lower_gather_nd},
     {NULL, NULL},
 };

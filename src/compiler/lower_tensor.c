@@ -940,3 +940,161 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
     KC_TRY(s);
     return kc_out(c, n, 0, &y);
 }
+
+/* ---- GatherElements, GatherND: a Gather from the flattened data at flat indices, which
+ * are computed here when the indices are constant and by index arithmetic otherwise (an
+ * index out of range at run time then reads another element instead of failing) ---- */
+
+static kiln_status const_i64(kc_ctx *c, int ndim, const int64_t *shape, const int64_t *data,
+                             kc_val *out)
+{
+    return kc_const(c, KILN_I64, ndim, shape, data, out);
+}
+
+/* idx (any integer dtype) as i64 with negative entries counted from `dims` (a constant
+ * broadcasting against idx) */
+static kiln_status normalise_indices(kc_ctx *c, const kg_node *n, kc_val *idx, const kc_val *dims)
+{
+    kc_val zero, neg, adj;
+    int64_t z = 0;
+    if (idx->dt != KILN_I64)
+        KC_TRY(kc_emit1(c, n, KP_CAST, 0, &idx->id, 1, KILN_I64, idx->ndim, idx->shape, NULL, 0,
+                        NULL, 0, idx));
+    KC_TRY(const_i64(c, 0, NULL, &z, &zero));
+    KC_TRY(kc_binary(c, n, KP_B_LESS, idx, &zero, &neg));
+    KC_TRY(kc_binary(c, n, KP_B_ADD, idx, dims, &adj));
+    int in[3] = {neg.id, adj.id, idx->id};
+    return kc_emit1(c, n, KP_WHERE, 0, in, 3, KILN_I64, idx->ndim, idx->shape, NULL, 0, NULL, 0, idx);
+}
+
+/* Node output 0: rows of x seen as [rows, trailing dims...] (rows: the product of x's
+ * leading dims) gathered at the flat row indices `flat`. */
+static kiln_status gather_rows(kc_ctx *c, const kg_node *n, const kc_val *x, int64_t rows,
+                               const kc_val *flat)
+{
+    kc_val xf;
+    int64_t s[KILN_MAX_DIMS], shape[2 * KILN_MAX_DIMS], r = 1, ia = 0;
+    int lead = 0, nd = 0, k = 0;
+    while (lead < x->ndim && r != rows)
+        r *= x->shape[lead++];
+    KILN_ASSERT(r == rows);
+    s[nd++] = rows;
+    for (int d = lead; d < x->ndim; d++)
+        s[nd++] = x->shape[d];
+    KC_TRY(kc_reshape(c, n, x, nd, s, &xf));
+    for (int d = 0; d < flat->ndim; d++)
+        shape[k++] = flat->shape[d];
+    for (int d = 1; d < nd; d++)
+        shape[k++] = s[d];
+    int in[2] = {xf.id, flat->id};
+    return kc_emit_out(c, n, KP_GATHER, 0, in, 2, x->dt, k, shape, &ia, 1, NULL, 0);
+}
+
+kiln_status kc_lower_gather_elements(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, idx, dims, t;
+    int axis;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &idx));
+    KC_TRY(kc_check_rank(c, n, &x, "data", 1, KILN_MAX_DIMS));
+    if (idx.dt != KILN_I32 && idx.dt != KILN_I64)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices must be i32 or i64");
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
+    if (idx.ndim != x.ndim)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices rank %d, data rank %d", idx.ndim, x.ndim);
+    int64_t stride[KILN_MAX_DIMS], count = kc_numel(&idx);
+    for (int d = x.ndim - 1; d >= 0; d--) {
+        stride[d] = d == x.ndim - 1 ? 1 : stride[d + 1] * x.shape[d + 1];
+        if (d != axis && idx.shape[d] > x.shape[d])
+            return kc_fail(c, n, KILN_ERR_SHAPE, "indices extent %lld exceeds data's %lld on axis %d",
+                           (long long)idx.shape[d], (long long)x.shape[d], d);
+    }
+    /* base: the flat offset of every index position with its axis coordinate 0 */
+    int64_t *base = kiln__malloc((size_t)count * sizeof *base + 1);
+    if (!base)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory for GatherElements");
+    int64_t iv = 0;
+    const void *cidx = kc_const_data(c, idx.id);
+    kiln_status s = KILN_OK;
+    for (int64_t e = 0; e < count && s == KILN_OK; e++) {
+        int64_t rem = e, off = 0;
+        for (int d = x.ndim - 1; d >= 0; d--) {
+            int64_t co = rem % idx.shape[d];
+            rem /= idx.shape[d];
+            if (d != axis)
+                off += co * stride[d];
+        }
+        if (cidx) {
+            iv = idx.dt == KILN_I64 ? ((const int64_t *)cidx)[e] : ((const int32_t *)cidx)[e];
+            if (iv < 0)
+                iv += x.shape[axis];
+            if (iv < 0 || iv >= x.shape[axis])
+                s = kc_fail(c, n, KILN_ERR_SHAPE, "index out of range on axis %d", axis);
+            off += iv * stride[axis];
+        }
+        base[e] = off;
+    }
+    if (s == KILN_OK)
+        s = const_i64(c, idx.ndim, idx.shape, base, &t);
+    kiln__free(base);
+    KC_TRY(s);
+    if (!cidx) {
+        kc_val st;
+        KC_TRY(const_i64(c, 0, NULL, &x.shape[axis], &dims));
+        KC_TRY(normalise_indices(c, n, &idx, &dims));
+        KC_TRY(const_i64(c, 0, NULL, &stride[axis], &st));
+        KC_TRY(kc_binary(c, n, KP_B_MUL, &idx, &st, &idx));
+        KC_TRY(kc_binary(c, n, KP_B_ADD, &idx, &t, &t));
+    }
+    return gather_rows(c, n, &x, kc_numel(&x), &t);
+}
+
+kiln_status kc_lower_gather_nd(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, idx, dims, st, flat;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &idx));
+    if (idx.dt != KILN_I64 && idx.dt != KILN_I32)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices must be i64");
+    int64_t b = kg_attr_int(n, "batch_dims", 0);
+    int k = idx.ndim ? (int)idx.shape[idx.ndim - 1] : -1;
+    if (idx.ndim < 1 || b < 0 || b >= idx.ndim || k < 1 || b + k > x.ndim)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices do not fit data (batch_dims %lld)", (long long)b);
+    for (int d = 0; d < b; d++)
+        if (idx.shape[d] != x.shape[d])
+            return kc_fail(c, n, KILN_ERR_SHAPE, "batch dim %d differs", d);
+    /* flat row of [batch..., k indexed dims] = batch_offset + sum_j idx_j * stride_j */
+    int64_t dimv[KILN_MAX_DIMS], strv[KILN_MAX_DIMS], inner = 1, rows = 1;
+    for (int j = k - 1; j >= 0; j--) {
+        dimv[j] = x.shape[b + j];
+        strv[j] = inner;
+        inner *= dimv[j];
+    }
+    for (int d = 0; d < b + k; d++)
+        rows *= x.shape[d];
+    int64_t kk = k;
+    KC_TRY(const_i64(c, 1, &kk, dimv, &dims));
+    KC_TRY(const_i64(c, 1, &kk, strv, &st));
+    KC_TRY(normalise_indices(c, n, &idx, &dims));
+    KC_TRY(kc_binary(c, n, KP_B_MUL, &idx, &st, &idx));
+    int64_t ia[2] = {1, idx.ndim - 1};
+    KC_TRY(kc_emit1(c, n, KP_REDUCE, KP_R_SUM, &idx.id, 1, KILN_I64, idx.ndim - 1, idx.shape, ia, 2,
+                    NULL, 0, &flat));
+    if (b > 0) {
+        /* batch offsets: shape [batch..., 1 for each other index dim] */
+        int64_t bn = kiln__numel((int)b, x.shape), shape[KILN_MAX_DIMS];
+        int64_t *off = kiln__malloc((size_t)bn * sizeof *off);
+        kc_val bo;
+        if (!off)
+            return kiln__fail(KILN_ERR_NOMEM, "out of memory for GatherND");
+        for (int64_t i = 0; i < bn; i++)
+            off[i] = i * inner;
+        for (int d = 0; d < flat.ndim; d++)
+            shape[d] = d < b ? x.shape[d] : 1;
+        kiln_status s = const_i64(c, flat.ndim, shape, off, &bo);
+        kiln__free(off);
+        KC_TRY(s);
+        KC_TRY(kc_binary(c, n, KP_B_ADD, &flat, &bo, &flat));
+    }
+    return gather_rows(c, n, &x, rows, &flat);
+}
