@@ -868,7 +868,12 @@ kiln_status kc_trace(const kg_graph *g, const kiln_tensor *ex, size_t n_ex, kp_p
     c.cap_strings = 1;
     c.p.n_strings = 1;
     c.p.inputs = kiln__malloc(sizeof(uint32_t) * ((size_t)g->n_inputs + 1));
-    if (!c.gmap || !c.p.strings || !c.p.inputs) {
+    /* pools start non-empty so that index arithmetic on them is always defined */
+    c.p.io = kiln__malloc(sizeof(int32_t) * (c.cap_io = 64));
+    c.p.ia = kiln__malloc(sizeof(int64_t) * (c.cap_ia = 64));
+    c.p.fa = kiln__malloc(sizeof(float) * (c.cap_fa = 64));
+    c.p.blob = kiln__malloc(c.cap_blob = 64);
+    if (!c.gmap || !c.p.strings || !c.p.inputs || !c.p.io || !c.p.ia || !c.p.fa || !c.p.blob) {
         s = kiln__fail(KILN_ERR_NOMEM, "out of memory while tracing");
         goto done;
     }
