@@ -863,8 +863,15 @@ kiln_status kc_lower_einsum(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
-/* ---- ScatterND: no kernel; computed here when every input is constant (Swin's attention
- * masks are built this way from shapes) ---- */
+static kiln_status const_i64(kc_ctx *c, int ndim, const int64_t *shape, const int64_t *data,
+                             kc_val *out)
+{
+    return kc_const(c, KILN_I64, ndim, shape, data, out);
+}
+
+/* ---- ScatterND: no kernel. Computed here when every input is constant (Swin's attention
+ * masks are built so from shapes); with constant indices and no reduction, a Gather of the
+ * updates and a Where over run-time data ---- */
 
 #define SCATTER_REDUCE(T)                                                                   \
     do {                                                                                    \
@@ -874,6 +881,53 @@ kiln_status kc_lower_einsum(kc_ctx *c, const kg_node *n)
             d[e] = red == 1 ? d[e] + u[e] : red == 2 ? d[e] * u[e] : red == 3 ?             \
                    (d[e] > u[e] ? d[e] : u[e]) : (d[e] < u[e] ? d[e] : u[e]);               \
     } while (0)
+
+/* ScatterND (no reduction) with constant indices over run-time data: the data as rows of
+ * `block` elements; y = where(row written, updates gathered at the row's update, data). */
+static kiln_status scatter_rows(kc_ctx *c, const kg_node *n, const kc_val *x, const kc_val *idx,
+                                const kc_val *upd, int k, int64_t block, int64_t nb)
+{
+    int64_t rows = kiln__numel(k, x->shape);
+    int64_t *map = kiln__calloc((size_t)rows + 1, sizeof *map);
+    uint8_t *mask = kiln__calloc((size_t)rows + 1, 1);
+    const void *iv = kc_const_data(c, idx->id);
+    kiln_status s = KILN_OK;
+    if (!map || !mask)
+        s = kiln__fail(KILN_ERR_NOMEM, "out of memory for ScatterND");
+    for (int64_t b = 0; b < nb && s == KILN_OK; b++) {
+        int64_t off = 0;
+        for (int j = 0; j < k && s == KILN_OK; j++) {
+            int64_t i = idx->dt == KILN_I64 ? ((const int64_t *)iv)[b * k + j]
+                                            : ((const int32_t *)iv)[b * k + j];
+            if (i < 0)
+                i += x->shape[j];
+            if (i < 0 || i >= x->shape[j])
+                s = kc_fail(c, n, KILN_ERR_SHAPE, "index %lld out of range on axis %d", (long long)i, j);
+            off = off * x->shape[j] + i;
+        }
+        if (s == KILN_OK) {
+            map[off] = b;
+            mask[off] = 1;
+        }
+    }
+    kc_val m, mk, u2, x2, g, y;
+    int64_t ms[2] = {rows, 1}, us[2] = {nb, block}, xs[2] = {rows, block}, ia = 0;
+    if (s == KILN_OK)
+        s = const_i64(c, 1, &rows, map, &m);
+    if (s == KILN_OK)
+        s = kc_const(c, KILN_BOOL, 2, ms, mask, &mk);
+    kiln__free(map);
+    kiln__free(mask);
+    KC_TRY(s);
+    KC_TRY(kc_reshape(c, n, upd, 2, us, &u2));
+    KC_TRY(kc_reshape(c, n, x, 2, xs, &x2));
+    int gin[2] = {u2.id, m.id};
+    KC_TRY(kc_emit1(c, n, KP_GATHER, 0, gin, 2, x->dt, 2, xs, &ia, 1, NULL, 0, &g));
+    int win[3] = {mk.id, g.id, x2.id};
+    KC_TRY(kc_emit1(c, n, KP_WHERE, 0, win, 3, x->dt, 2, xs, NULL, 0, NULL, 0, &y));
+    KC_TRY(kc_reshape(c, n, &y, x->ndim, x->shape, &y));
+    return kc_out(c, n, 0, &y);
+}
 
 kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
 {
@@ -886,9 +940,11 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
     int red = str_index(rs, reds, 5);
     if (red < 0)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
-    if (!kc_is_const(c, x.id) || !kc_is_const(c, idx.id) || !kc_is_const(c, upd.id))
-        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "inputs not known at trace time (ScatterND is "
-                       "only computed on constants)");
+    bool all_const = kc_is_const(c, x.id) && kc_is_const(c, idx.id) && kc_is_const(c, upd.id);
+    if (!kc_is_const(c, idx.id))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "indices not known at trace time");
+    if (red && !all_const)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s' over run-time data", rs);
     KC_TRY(kc_same_dtype(c, n, &x, &upd));
     if (idx.dt != KILN_I64 && idx.dt != KILN_I32)
         return kc_fail(c, n, KILN_ERR_SHAPE, "indices must be i64");
@@ -902,6 +958,8 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
         return kc_fail(c, n, KILN_ERR_SHAPE, "indices and updates do not fit data");
     size_t es = kiln_dtype_size(x.dt);
     int64_t block = kiln__numel(x.ndim - k, x.shape + k), nb = kiln__numel(idx.ndim - 1, idx.shape);
+    if (!all_const)
+        return scatter_rows(c, n, &x, &idx, &upd, k, block, nb);
     uint8_t *buf = kiln__malloc((size_t)kc_numel(&x) * es + 1);
     if (!buf)
         return kiln__fail(KILN_ERR_NOMEM, "out of memory for ScatterND");
@@ -944,12 +1002,6 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
 /* ---- GatherElements, GatherND: a Gather from the flattened data at flat indices, which
  * are computed here when the indices are constant and by index arithmetic otherwise (an
  * index out of range at run time then reads another element instead of failing) ---- */
-
-static kiln_status const_i64(kc_ctx *c, int ndim, const int64_t *shape, const int64_t *data,
-                             kc_val *out)
-{
-    return kc_const(c, KILN_I64, ndim, shape, data, out);
-}
 
 /* idx (any integer dtype) as i64 with negative entries counted from `dims` (a constant
  * broadcasting against idx) */
