@@ -1,8 +1,10 @@
 /*
  * lower_tensor.c — lowerings of the data-movement and reduction ops: Gather, Transpose,
  * Slice, Concat, Split, Expand, Tile, Pad, the ReduceX family, ArgMax/ArgMin, CumSum,
- * DepthToSpace/SpaceToDepth, Resize/Upsample, and Trilu and OneHot (built from
- * comparisons and Where). Every index argument is resolved to constants here.
+ * DepthToSpace/SpaceToDepth, Resize/Upsample; and the ops kiln has no kernel for, built
+ * from others: Trilu and OneHot (comparisons and Where), Einsum (reductions, transposes
+ * and a batched MatMul), GatherElements/GatherND (a Gather at flat indices) and ScatterND
+ * (on constant indices). Every index argument is resolved to constants here.
  */
 #include "compiler/lower_impl.h"
 
@@ -105,14 +107,15 @@ kiln_status kc_lower_slice(kc_ctx *c, const kg_node *n)
             s += dim;
         if (e < 0)
             e += dim;
+        int64_t mag = step > 0 ? step : step == INT64_MIN ? INT64_MAX : -step;
         if (step > 0) {
             s = s < 0 ? 0 : s > dim ? dim : s;
             e = e < 0 ? 0 : e > dim ? dim : e;
-            len = e > s ? (e - s + step - 1) / step : 0;
+            len = e > s ? (e - s - 1) / mag + 1 : 0;
         } else {
             s = s < 0 ? 0 : s > dim - 1 ? dim - 1 : s;
             e = e < -1 ? -1 : e > dim - 1 ? dim - 1 : e;
-            len = s > e ? (s - e - step - 1) / -step : 0;
+            len = s > e ? (s - e - 1) / mag + 1 : 0;
         }
         starts[d] = len ? s : 0;
         steps[d] = step;
@@ -137,8 +140,12 @@ kiln_status kc_lower_concat(kc_ctx *c, const kg_node *n)
         return kc_fail(c, n, KILN_ERR_FORMAT, "missing attribute 'axis'");
     if (n->n_in < 1 || n->n_in > 64)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "%d inputs (1..64)", n->n_in);
-    KC_TRY(kc_arg(c, n, 0, &first));
-    KC_TRY(kc_check_rank(c, n, &first, "input 0", 1, KILN_MAX_DIMS));
+    for (int i = n->n_in - 1; i >= 0; i--) {      /* the first input with elements leads */
+        KC_TRY(kc_arg(c, n, i, &t));
+        if (i == n->n_in - 1 || kc_numel(&t) > 0)
+            first = t;
+    }
+    KC_TRY(kc_check_rank(c, n, &first, "input", 1, KILN_MAX_DIMS));
     KC_TRY(kc_axis(c, n, a->i, first.ndim, &axis));
     memcpy(shape, first.shape, sizeof shape);
     shape[axis] = 0;
@@ -148,11 +155,12 @@ kiln_status kc_lower_concat(kc_ctx *c, const kg_node *n)
             continue;                       /* empty inputs add nothing */
         KC_TRY(kc_same_dtype(c, n, &first, &t));
         if (t.ndim != first.ndim)
-            return kc_fail(c, n, KILN_ERR_SHAPE, "input %d has rank %d, input 0 %d", i, t.ndim,
+            return kc_fail(c, n, KILN_ERR_SHAPE, "input %d has rank %d, not %d", i, t.ndim,
                            first.ndim);
         for (int d = 0; d < t.ndim; d++)
             if (d != axis && t.shape[d] != first.shape[d])
-                return kc_fail(c, n, KILN_ERR_SHAPE, "input %d differs from input 0 on axis %d", i, d);
+                return kc_fail(c, n, KILN_ERR_SHAPE, "input %d differs from the others on axis %d",
+                               i, d);
         shape[axis] += t.shape[axis];
         in[k++] = t.id;
     }
@@ -250,7 +258,8 @@ kiln_status kc_lower_tile(kc_ctx *c, const kg_node *n)
         if (rep[i] < 0)
             return kc_fail(c, n, KILN_ERR_SHAPE, "repeats[%d] = %lld", i, (long long)rep[i]);
         ones &= rep[i] == 1;
-        shape[i] = x.shape[i] * rep[i];
+        if (__builtin_mul_overflow(x.shape[i], rep[i], &shape[i]))
+            return kc_fail(c, n, KILN_ERR_SHAPE, "repeats overflow axis %d", i);
     }
     if (ones)
         return kc_out(c, n, 0, &x);
@@ -527,7 +536,7 @@ kiln_status kc_lower_resize(kc_ctx *c, const kg_node *n)
             if (sizes[i] < 0)
                 return kc_fail(c, n, KILN_ERR_SHAPE, "size %lld on axis %d", (long long)sizes[i], d);
             shape[d] = sizes[i];
-            fa[d] = x.shape[d] ? (float)((double)sizes[i] / (double)x.shape[d]) : 1.0f;
+            fa[d] = x.shape[d] ? (float)sizes[i] / (float)x.shape[d] : 1.0f;   /* as ORT */
         }
         same &= shape[d] == x.shape[d] && fa[d] == 1.0f;
     }
