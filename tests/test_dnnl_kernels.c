@@ -238,6 +238,14 @@ static void expect_ref(tp *t, const char *what)
     run_compare(t, what, true, -1, NULL);
 }
 
+/* An op oneDNN may or may not take on this machine (kd_create may decline the shapes):
+ * kk_create must run it either way. */
+static void expect_any(tp *t, const char *what)
+{
+    CHECK_OK(kk_check(&t->p, 0));
+    run_compare(t, what, true, -1, NULL);
+}
+
 /* ---- op builders ---- */
 
 enum { POST_MAX = 6 };
@@ -432,8 +440,16 @@ static void test_conv_post(void)
     post_unary(&ps, KP_U_SILU, 0, 0);
     t = make_conv(&cs, &ps);
     expect_dnnl(t, "conv + add(full) + sub(scalar) + sum + sum + silu");
-    CHECK(run_compare(t, "conv + add(full) + sum aliasing dst + sum", false, t->io[5], NULL) <=
-          1e-4);
+    /* the sum after an unfused post-op would find its operand overwritten: declined */
+    {
+        void *ptr[TV];
+        for (int v = 0; v < TV; v++)
+            ptr[v] = t->buf[v];
+        ptr[t->io[5]] = t->buf[outs(t)[0]];
+        kk_kernel *k = NULL;
+        CHECK_STATUS(kd_create(core, &t->p, 0, ptr, &k, NULL), KILN_ERR_UNSUPPORTED);
+        CHECK(k == NULL);
+    }
     tp_free(t);
 
     /* 1x1 conv (plain gemm path) with a sum, operand apart and aliasing dst */
@@ -522,7 +538,34 @@ static void test_matmul(void)
     post_sum(&ps);
     post_binary(&ps, KP_B_MAX, 2, row);
     t = make_matmul(4, a3, 4, b3, 4, y4, 2, bias2, false, &ps);
-    expect_dnnl(t, "matmul broadcast batch + bias(5x1) + sum + max(row)");
+    expect_any(t, "matmul broadcast batch + bias(5x1) + sum + max(row)");
+    tp_free(t);
+    int64_t bias3[1] = { 9 };
+    ps = (post_spec){ 0 };
+    post_sum(&ps);
+    post_binary(&ps, KP_B_MAX, 2, row);
+    t = make_matmul(4, a3, 4, b3, 4, y4, 1, bias3, false, &ps);
+    expect_dnnl(t, "matmul broadcast batch + bias(9) + sum + max(row)");
+    tp_free(t);
+
+    /* batch folded into M (B not batched): bias, full and per-row operands fold too */
+    int64_t af[3] = { 64, 1, 256 }, bf[2] = { 256, 96 }, yf[3] = { 64, 1, 96 },
+            full[3] = { 64, 1, 96 }, col[3] = { 1, 1, 96 };
+    ps = (post_spec){ 0 };
+    post_binary(&ps, KP_B_ADD, 3, full);
+    post_binary(&ps, KP_B_MUL, 3, col);
+    post_sum(&ps);
+    post_unary(&ps, KP_U_GELU_TANH, 0, 0);
+    int64_t nb[1] = { 96 };
+    t = make_matmul(3, af, 2, bf, 3, yf, 1, nb, true, &ps);
+    expect_dnnl(t, "matmul 64x1x256 by 256x96 (folded) + bias + add + mul + sum + gelu");
+    tp_free(t);
+    /* an operand varying over the batch but not over M cannot fold: still right */
+    int64_t a5[3] = { 4, 8, 16 }, b5[2] = { 16, 12 }, y5[3] = { 4, 8, 12 }, per_b[3] = { 4, 1, 12 };
+    ps = (post_spec){ 0 };
+    post_binary(&ps, KP_B_SUB, 3, per_b);
+    t = make_matmul(3, a5, 2, b5, 3, y5, 0, NULL, true, &ps);
+    expect_any(t, "matmul 4x8x16 by 16x12 - (4x1x12) (not folded)");
     tp_free(t);
 
     /* attention-like: 3-D x 3-D, both activations */
@@ -595,10 +638,10 @@ static void test_pool(void)
 
     int64_t d2[3] = { 2, 2 };
     t = make_pool(KP_POOL, KP_POOL_MAX, 2, in2, k2, s, d2, p1, p1, 0, 0);
-    expect_dnnl(t, "maxpool dilated");
+    expect_ref(t, "maxpool dilated");
     tp_free(t);
     t = make_pool(KP_POOL, KP_POOL_AVG, 2, in2, k2, s, d2, p1, p1, 0, 0);
-    expect_dnnl(t, "avgpool dilated");
+    expect_ref(t, "avgpool dilated");
     tp_free(t);
 
     int64_t in1[1] = { 17 }, k1[1] = { 4 }, s1[1] = { 3 }, d1[1] = { 1 }, pb1[1] = { 1 },
@@ -631,7 +674,10 @@ static void test_softmax_norms(void)
             tp_op(t, KP_SOFTMAX, sub, &x, 1, &y, 1, &axis, 1, NULL, 0);
             char what[64];
             snprintf(what, sizeof what, "%s axis %d", sub ? "log-softmax" : "softmax", (int)axis);
-            expect_dnnl(t, what);
+            if (axis == 2)
+                expect_dnnl(t, what);
+            else
+                expect_ref(t, what);   /* not innermost: oneDNN has only its reference */
             tp_free(t);
         }
 
@@ -760,16 +806,18 @@ static void test_unary(void)
 
 static void test_binary(void)
 {
-    static const struct { int nda, ndb, ndy; int64_t a[4], b[4], y[4]; int alg; bool dnnl; } c[] = {
-        { 4, 4, 4, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, KP_B_ADD, true },
-        { 4, 3, 4, { 2, 3, 4, 5 }, { 3, 1, 5 }, { 2, 3, 4, 5 }, KP_B_SUB, true },
-        { 4, 1, 4, { 2, 3, 4, 5 }, { 1 }, { 2, 3, 4, 5 }, KP_B_MUL, true },
-        { 4, 4, 4, { 2, 3, 4, 5 }, { 1, 3, 1, 1 }, { 2, 3, 4, 5 }, KP_B_DIV, true },
-        { 2, 4, 4, { 4, 1 }, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, KP_B_MAX, true },  /* swapped */
-        { 0, 2, 2, { 0 }, { 3, 4 }, { 3, 4 }, KP_B_MIN, true },                 /* scalar A */
-        { 2, 4, 4, { 4, 1 }, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, KP_B_SUB, false }, /* A broadcasts */
-        { 2, 2, 2, { 3, 1 }, { 1, 4 }, { 3, 4 }, KP_B_ADD, false },             /* both do */
-        { 2, 2, 2, { 3, 4 }, { 3, 4 }, { 3, 4 }, KP_B_POW, false },
+    /* dnnl: 1 oneDNN takes it, 2 kd_supports does and oneDNN may decline, 0 reference */
+    static const struct { int nda, ndb, ndy; int64_t a[4], b[4], y[4]; int alg, dnnl; } c[] = {
+        { 4, 4, 4, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, KP_B_ADD, 1 },
+        { 4, 3, 4, { 2, 3, 4, 5 }, { 3, 1, 5 }, { 2, 3, 4, 5 }, KP_B_SUB, 2 },
+        { 4, 1, 4, { 2, 3, 4, 5 }, { 1 }, { 2, 3, 4, 5 }, KP_B_MUL, 1 },
+        { 4, 4, 4, { 2, 3, 4, 5 }, { 1, 3, 1, 1 }, { 2, 3, 4, 5 }, KP_B_DIV, 1 },
+        { 2, 4, 4, { 4, 1 }, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, KP_B_MAX, 2 },     /* swapped */
+        { 0, 2, 2, { 0 }, { 3, 4 }, { 3, 4 }, KP_B_MIN, 1 },                    /* scalar A */
+        { 3, 1, 3, { 4, 6, 8 }, { 8 }, { 4, 6, 8 }, KP_B_ADD, 2 },               /* row bias */
+        { 2, 4, 4, { 4, 1 }, { 2, 3, 4, 5 }, { 2, 3, 4, 5 }, KP_B_SUB, 0 },     /* A broadcasts */
+        { 2, 2, 2, { 3, 1 }, { 1, 4 }, { 3, 4 }, KP_B_ADD, 0 },                 /* both do */
+        { 2, 2, 2, { 3, 4 }, { 3, 4 }, { 3, 4 }, KP_B_POW, 0 },
     };
     for (size_t j = 0; j < sizeof c / sizeof c[0]; j++) {
         tp *t = tp_new();
@@ -780,8 +828,10 @@ static void test_binary(void)
         tp_op(t, KP_BINARY, c[j].alg, in, 2, &y, 1, &fmod, 0, NULL, 0);
         char what[64];
         snprintf(what, sizeof what, "binary case %zu", j);
-        if (c[j].dnnl)
+        if (c[j].dnnl == 1)
             expect_dnnl(t, what);
+        else if (c[j].dnnl == 2)
+            expect_any(t, what);
         else
             expect_ref(t, what);
         tp_free(t);

@@ -126,8 +126,9 @@ typedef struct kd_plan {
     dnnl_alg_kind_t alg;
     float alpha, beta, eps;
     int axis;
-    bool cl;                    /* conv runs channels-last inside the kernel (see kd_create) */
+    bool cl;                    /* conv runs channels-last inside the kernel (see plan_conv) */
     int n_post;
+    int n_fused;                /* post-ops fused into the primitive; the rest run as steps */
     kd_post post[KD_MAX_POST];
 } kd_plan;
 
@@ -344,16 +345,11 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
         K *= k;
     }
     /* Channels-last inside: with dense nchw activations oneDNN 2.6 only has its im2col
-     * gemm convolution; its brgemm convolutions want nhwc. For a spatial kernel, reordering
-     * in and out around brgconv costs far less than gemm loses (resnet18's convs: 15.4 ms
-     * against 22.2 ms on one core). A 1x1 conv is a plain gemm already. Binary post-op
-     * operands must not vary over space (their layout would differ from dst's). */
-    pl->cl = !transpose && K > 1;
-    for (int j = 0; j < pl->n_post; j++)
-        if (pl->post[j].type == KP_POST_BINARY)
-            for (int d = 2; d < nd; d++)
-                if (pl->post[j].dims[d] != 1)
-                    pl->cl = false;
+     * gemm convolution, which is slow (and applies fused eltwise post-ops 5-20x slower
+     * than the conv itself); its brgemm convolutions want nhwc. Reordering in and out
+     * around brgconv costs far less (resnet18's convs: 14.8 ms against 22.2 ms on one
+     * core; mobilenet_v2's 1x1 convs with relu6: 0.19 ms against 5 ms). */
+    pl->cl = !transpose;
     /* oneDNN weights: (O, C, k...) or (g, O/g, C/g, k...); plain strides of the ONNX layout */
     int wnd = g > 1 ? nd + 1 : nd, sp0 = wnd - (int)nsp;
     if (g > 1) {
@@ -376,6 +372,64 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
             pl->wplain[0] = cg * og * K;
     }
     return true;
+}
+
+/* Folds dims 0..nd-2 of an operand into one row dim: (1 or rows, last). False when the
+ * operand neither spans all of them (as dst does) nor is 1 in all of them. */
+static bool fold_operand(int nd, dnnl_dims_t d, const dnnl_dims_t dst, int64_t rows)
+{
+    bool all1 = true, full = true;
+    for (int j = 0; j < nd - 1; j++) {
+        all1 = all1 && d[j] == 1;
+        full = full && d[j] == dst[j];
+    }
+    if (!all1 && !full)
+        return false;
+    int64_t last = d[nd - 1];
+    d[0] = all1 ? 1 : rows;
+    d[1] = last;
+    return true;
+}
+
+/* A batched matmul whose B is not batched (an activation times a weight, as transformer
+ * exports produce: 64x1x256 by 256x768) is one 2-D product with the batch folded into M;
+ * oneDNN runs that several times faster than as a batch of tiny products. */
+static void fold_rows(kd_plan *pl)
+{
+    int nd = pl->nd;
+    if (nd <= 2)
+        return;
+    for (int d = 0; d < nd - 2; d++)
+        if (pl->wei[d] != 1 || pl->src[d] != pl->dst[d])
+            return;
+    int64_t rows = 1;
+    for (int d = 0; d < nd - 1; d++)
+        rows *= pl->dst[d];
+    dnnl_dims_t bias, post[KD_MAX_POST];
+    memcpy(bias, pl->bias, sizeof bias);
+    if (pl->bnd && !fold_operand(nd, bias, pl->dst, rows))
+        return;
+    for (int j = 0; j < pl->n_post; j++) {
+        memcpy(post[j], pl->post[j].dims, sizeof post[j]);
+        if (pl->post[j].operand >= 0 && !fold_operand(nd, post[j], pl->dst, rows))
+            return;
+    }
+    int64_t K = pl->src[nd - 1], N = pl->dst[nd - 1];
+    pl->src[0] = rows;
+    pl->src[1] = K;
+    pl->dst[0] = rows;
+    pl->dst[1] = N;
+    pl->wei[0] = K;
+    pl->wei[1] = N;
+    dense_strides(2, pl->wei, pl->wplain);
+    if (pl->bnd) {
+        memcpy(pl->bias, bias, sizeof bias);
+        pl->bnd = 2;
+    }
+    for (int j = 0; j < pl->n_post; j++)
+        if (pl->post[j].operand >= 0)
+            memcpy(pl->post[j].dims, post[j], sizeof post[j]);
+    pl->nd = pl->wnd = 2;
 }
 
 static bool plan_matmul(const kp_program *p, const kp_op *op, kd_plan *pl)
@@ -415,6 +469,7 @@ static bool plan_matmul(const kp_program *p, const kp_op *op, kd_plan *pl)
             return false;
         pl->bnd = nd;
     }
+    fold_rows(pl);
     return true;
 }
 
@@ -456,8 +511,8 @@ static bool plan_pool(const kp_program *p, const kp_op *op, kd_plan *pl, bool gl
     for (int d = 0; d < nsp; d++) {
         int64_t k = ia[1 + d], s = ia[1 + nsp + d], dl = ia[1 + 2 * nsp + d],
                 b = ia[1 + 3 * nsp + d], e = ia[1 + 4 * nsp + d];
-        if (k < 1 || s < 1 || dl < 1 || b < 0 || e < 0)
-            return false;
+        if (k < 1 || s < 1 || dl != 1 || b < 0 || e < 0)
+            return false;   /* dilated pooling: oneDNN 2.6 has only its reference */
         int64_t in_sp = X->shape[2 + d], out_sp = Y->shape[2 + d], range = (k - 1) * dl + 1;
         int64_t num = in_sp + b + e - range;
         if (num >= 0 && num / s + 1 == out_sp) {
@@ -566,6 +621,8 @@ static bool plan_op(const kp_program *p, uint32_t i, kd_plan *pl)
             outer *= X->shape[d];
         for (int d = (int)axis + 1; d < X->ndim; d++)
             inner *= X->shape[d];
+        if (inner != 1)
+            return false;   /* not the innermost axis: oneDNN 2.6 has only its reference */
         pl->nd = 3;
         pl->src[0] = outer;
         pl->src[1] = X->shape[axis];
@@ -934,9 +991,9 @@ static dnnl_status_t make_attr(const kd_plan *pl, dnnl_primitive_attr_t *out)
     dnnl_status_t s = dnnl_primitive_attr_create(&attr);
     if (s == dnnl_success)
         s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (s == dnnl_success && pl->n_post) {
+    if (s == dnnl_success && pl->n_fused) {
         s = dnnl_post_ops_create(&po);
-        for (int j = 0; j < pl->n_post && s == dnnl_success; j++) {
+        for (int j = 0; j < pl->n_fused && s == dnnl_success; j++) {
             const kd_post *q = &pl->post[j];
             if (q->type == KP_POST_UNARY) {
                 s = dnnl_post_ops_append_eltwise(po, 1.f, q->alg, q->alpha, q->beta);
@@ -1057,7 +1114,7 @@ static dnnl_status_t make_pd(const kd_plan *pl, bool any_weights, dnnl_engine_t 
  * Kernels
  * ------------------------------------------------------------------------------------- */
 
-enum { KD_MAX_STEPS = 4, KD_MAX_MEMS = 2 * KD_MAX_ARGS, KD_MAX_BOUND = 8 };
+enum { KD_MAX_STEPS = 4 + KD_MAX_POST, KD_MAX_MEMS = 4 * KD_MAX_ARGS, KD_MAX_BOUND = 8 + KD_MAX_POST };
 
 /* One primitive execution of a kernel with its arguments. */
 typedef struct kd_step {
@@ -1068,14 +1125,15 @@ typedef struct kd_step {
 
 /* A kernel: its steps run in order on the core's stream. Usually one step (the op's
  * primitive); a channels-last conv has reorder in, [reorder of the sum operand], conv,
- * reorder out, with its channels-last tensors in the core's scratch buffer. Memory objects
+ * reorder out, with its channels-last tensors in the core's scratch buffer; post-ops not
+ * fused into the primitive follow as in-place steps on the destination. Memory objects
  * are made once here; kd_run only re-points the scratch-bound ones if the core's scratch
  * buffer moved (it grows when a later kernel needs more). */
 typedef struct kd_kernel {
     kk_kernel base;
     kd_core  *core;
     int       nsteps;
-    kd_step   steps[KD_MAX_STEPS];
+    kd_step  *steps;                    /* kiln__calloc'd */
     int       nmems;
     dnnl_memory_t mems[KD_MAX_MEMS];    /* owned */
     int       nbound;
@@ -1117,6 +1175,7 @@ static void kd_destroy(kk_kernel *kk)
         dnnl_memory_destroy(k->mems[j]);
     for (int j = 0; j < k->nsteps; j++)
         dnnl_primitive_destroy(k->steps[j].prim);
+    kiln__free(k->steps);
     kiln__free(k->owned);
     kiln__free(k);
 }
@@ -1293,26 +1352,91 @@ static const char *impl_name(const_dnnl_primitive_desc_t pd)
     return s;
 }
 
-/* The op's primitive descriptor: for a constant weight let the primitive choose its
- * layout; a channels-last conv must get a brgemm/jit implementation or it is not worth
- * its reorders (then plain it is). */
+/* Whether oneDNN's choice is worth taking: never a reference implementation (far slower
+ * than kiln's own: a matmul with a per-row bias took 300 ms against 0.2 ms), and for a
+ * convolution not the gemm one when running channels-last (the reorders would buy nothing)
+ * or with fused post-ops (it applies them element by element). */
+static bool impl_ok(const kd_plan *pl, const_dnnl_primitive_desc_t pd)
+{
+    const char *name = impl_name(pd);
+    if (strncmp(name, "ref", 3) == 0)
+        return false;
+    bool conv = pl->kind == KP_CONV || pl->kind == KP_CONV_TRANSPOSE;
+    if (conv && strstr(name, "gemm") && (pl->cl || pl->n_fused > 0))
+        return false;
+    return true;
+}
+
+/* The op's primitive descriptor, trying in order of preference: channels-last (convs),
+ * then plain; all post-ops fused, then those before the first operand that varies over
+ * space (a layout mismatch with dst), then none (the rest run as separate steps); for a
+ * constant weight the layout the primitive likes, then plain. Sets pl->cl, pl->n_fused. */
 static dnnl_status_t choose_pd(kd_plan *pl, const kp_program *p, dnnl_engine_t e,
                                dnnl_primitive_desc_t *pd)
 {
     bool any = weights_free_layout(p, pl);
-    dnnl_status_t s = make_pd(pl, any, e, pd);
-    if (s == dnnl_success && pl->cl &&
-        (strncmp(impl_name(*pd), "gemm", 4) == 0 || strstr(impl_name(*pd), "ref"))) {
-        dnnl_primitive_desc_destroy(*pd);
-        *pd = NULL;
-        s = dnnl_unimplemented;
+    int cand[3], nc = 0;
+    cand[nc++] = pl->n_post;
+    if (pl->kind == KP_CONV || pl->kind == KP_CONV_TRANSPOSE) {
+        int split = pl->n_post;
+        for (int j = 0; j < pl->n_post && split == pl->n_post; j++)
+            if (pl->post[j].type == KP_POST_BINARY)
+                for (int d = 2; d < pl->nd; d++)
+                    if (pl->post[j].dims[d] != 1)
+                        split = j;
+        if (split < pl->n_post)
+            cand[nc++] = split;
     }
-    if (s != dnnl_success && pl->cl) {
-        pl->cl = false;
-        s = make_pd(pl, any, e, pd);
+    if (cand[nc - 1] > 0)
+        cand[nc++] = 0;
+    bool layouts[2] = { pl->cl, false };
+    dnnl_status_t s = dnnl_unimplemented;
+    for (int f = pl->cl ? 0 : 1; f < 2; f++) {
+        pl->cl = layouts[f];
+        for (int c = 0; c < nc; c++) {
+            pl->n_fused = cand[c];
+            for (int w = any ? 0 : 1; w < 2; w++) {
+                s = make_pd(pl, w == 0, e, pd);
+                if (s != dnnl_success)
+                    continue;
+                if (impl_ok(pl, *pd))
+                    return s;
+                dnnl_primitive_desc_destroy(*pd);
+                *pd = NULL;
+                s = dnnl_unimplemented;
+            }
+        }
     }
-    if (s != dnnl_success && any)
-        s = make_pd(pl, false, e, pd);   /* no implementation takes "any": plain weights */
+    return s;
+}
+
+/* A separate step for post-op j (not fused): in place on the dense destination. */
+static dnnl_status_t post_step_pd(const kd_plan *pl, int j, dnnl_engine_t e,
+                                  dnnl_primitive_desc_t *pd)
+{
+    const kd_post *q = &pl->post[j];
+    dnnl_primitive_attr_t attr;
+    dnnl_status_t s = dnnl_primitive_attr_create(&attr);
+    if (s != dnnl_success)
+        return s;
+    s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    dnnl_memory_desc_t dst, src1;
+    md_plain(&dst, pl->nd, pl->dst);
+    if (s == dnnl_success && q->type == KP_POST_UNARY) {
+        dnnl_eltwise_desc_t d;
+        s = dnnl_eltwise_forward_desc_init(&d, dnnl_forward_inference, q->alg, &dst, q->alpha,
+                                           q->beta);
+        if (s == dnnl_success)
+            s = dnnl_primitive_desc_create(pd, &d, attr, e, NULL);
+    } else if (s == dnnl_success) {
+        dnnl_binary_desc_t d;
+        md_plain(&src1, pl->nd, q->dims);
+        s = dnnl_binary_desc_init(&d, q->type == KP_POST_SUM ? dnnl_binary_add : q->alg, &dst,
+                                  &src1, &dst);
+        if (s == dnnl_success)
+            s = dnnl_primitive_desc_create(pd, &d, attr, e, NULL);
+    }
+    dnnl_primitive_attr_destroy(attr);
     return s;
 }
 
@@ -1333,103 +1457,125 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     dnnl_engine_t e = NULL;
     if ((st = get_engine(&e)))
         return st;
-    dnnl_primitive_desc_t pd = NULL, rpd[3] = { NULL, NULL, NULL };
+    /* pds: [0] the op, [1] reorder in, [2] reorder out, [3] sum operand reorder,
+     * [4 + j] unfused post-op j */
+    dnnl_primitive_desc_t pds[4 + KD_MAX_POST] = { NULL };
     uint64_t ncopied = 0;
     kd_kernel *k = kiln__calloc(1, sizeof *k);
-    if (!k)
+    if (k)
+        k->steps = kiln__calloc(KD_MAX_STEPS, sizeof *k->steps);
+    if (!k || !k->steps) {
+        kiln__free(k);
         return kiln__fail(KILN_ERR_NOMEM, "op %u: out of memory for a kernel", i);
+    }
     k->base.run = kd_run;
     k->base.destroy = kd_destroy;
     k->base.prog = p;
     k->base.op = i;
     k->core = core;
 
-    DNNL_TRY(choose_pd(&pl, p, e, &pd), "primitive descriptor");
-
-    /* Scratch layout: [0, sp) every step's scratchpad (steps run one after another);
-     * channels-last: then src and dst in nhwc order. */
+    DNNL_TRY(choose_pd(&pl, p, e, &pds[0]), "primitive descriptor");
+    /* a fused sum takes its operand in dst before the primitive runs; an unfused one is an
+     * add after it, so its operand must not live in dst (overwritten by then) */
+    int fused_sum = -1;
+    for (int j = 0; j < pl.n_post; j++) {
+        const kd_post *q = &pl.post[j];
+        if (q->type == KP_POST_SUM && j < pl.n_fused)
+            fused_sum = q->operand;
+        else if (q->operand >= 0 && j >= pl.n_fused && ptr[q->operand] == ptr[pl.y]) {
+            st = kiln__fail(KILN_ERR_UNSUPPORTED, "op %u '%s': post-op operand in the output's "
+                            "buffer", i, kp_str(p, p->ops[i].name));
+            goto done;
+        }
+    }
     dnnl_memory_desc_t md, src_cl, dst_cl, src_pl, dst_pl;
-    size_t sp = scratch_size(pd), off_src = 0, off_dst = 0, need;
-    const void *sum_operand = NULL;
     md_plain(&src_pl, pl.nd, pl.src);
     md_plain(&dst_pl, pl.nd, pl.dst);
     if (pl.cl) {
         md_cl(&src_cl, pl.nd, pl.src);
         md_cl(&dst_cl, pl.nd, pl.dst);
-        DNNL_TRY(reorder_pd(&src_pl, &src_cl, &rpd[0]), "reorder to nhwc");
-        DNNL_TRY(reorder_pd(&dst_cl, &dst_pl, &rpd[1]), "reorder from nhwc");
-        for (int j = 0; j < pl.n_post; j++)
-            if (pl.post[j].type == KP_POST_SUM) {
-                sum_operand = ptr[pl.post[j].operand];
-                DNNL_TRY(reorder_pd(&dst_pl, &dst_cl, &rpd[2]), "reorder to nhwc");
-            }
-        for (int j = 0; j < 3; j++)
-            if (rpd[j] && scratch_size(rpd[j]) > sp)
-                sp = scratch_size(rpd[j]);
+        DNNL_TRY(reorder_pd(&src_pl, &src_cl, &pds[1]), "reorder to nhwc");
+        DNNL_TRY(reorder_pd(&dst_cl, &dst_pl, &pds[2]), "reorder from nhwc");
+        if (fused_sum >= 0)
+            DNNL_TRY(reorder_pd(&dst_pl, &dst_cl, &pds[3]), "reorder to nhwc");
+    }
+    for (int j = pl.n_fused; j < pl.n_post; j++)
+        DNNL_TRY(post_step_pd(&pl, j, e, &pds[4 + j]), "post-op step");
+
+    /* Scratch layout: [0, sp) every step's scratchpad (steps run one after another);
+     * channels-last: then src and dst in nhwc order. */
+    size_t sp = 0, off_src = 0, off_dst = 0, need;
+    for (int j = 0; j < 4 + KD_MAX_POST; j++)
+        if (pds[j] && scratch_size(pds[j]) > sp)
+            sp = scratch_size(pds[j]);
+    need = sp;
+    if (pl.cl) {
         off_src = (size_t)kiln__align_up(sp, 4096);
         off_dst = off_src + (size_t)kiln__align_up(val_bytes(p, pl.x), 4096);
         need = off_dst + val_bytes(p, pl.y);
-    } else {
-        need = sp;
     }
     if ((st = core_scratch(core, need)))
         goto done;
     k->scratch_need = need;
     k->scratch_seen = core->scratch;
 
-    kd_step *main;
+    kd_step *main, *r;
     dnnl_status_t s = dnnl_success;
+    dnnl_memory_t ydense = NULL;   /* the op's output as the rest of kiln sees it */
     if (pl.cl) {
         /* reorder in [, sum operand into dst], conv, reorder out */
-        dnnl_memory_t xs = new_mem(k, &src_pl, ptr[pl.x], &s), xc = NULL, yc = NULL, ys = NULL;
+        dnnl_memory_t xs = new_mem(k, &src_pl, ptr[pl.x], &s), xc = NULL, yc = NULL;
         if (xs) xc = bound_mem(k, &src_cl, off_src, &s);
         if (s == dnnl_success) yc = bound_mem(k, &dst_cl, off_dst, &s);
-        if (s == dnnl_success) ys = new_mem(k, &dst_pl, ptr[pl.y], &s);
+        if (s == dnnl_success) ydense = new_mem(k, &dst_pl, ptr[pl.y], &s);
         DNNL_TRY(s, "memory");
-        kd_step *r = &k->steps[k->nsteps++];
+        r = &k->steps[k->nsteps++];
         step_arg(r, DNNL_ARG_FROM, xs);
         step_arg(r, DNNL_ARG_TO, xc);
-        DNNL_TRY(finish_step(k, r, rpd[0]), "reorder");
-        if (rpd[2]) {
-            dnnl_memory_t so = new_mem(k, &dst_pl, (void *)sum_operand, &s);
+        DNNL_TRY(finish_step(k, r, pds[1]), "reorder");
+        if (pds[3]) {
+            dnnl_memory_t so = new_mem(k, &dst_pl, ptr[fused_sum], &s);
             DNNL_TRY(s, "memory");
             r = &k->steps[k->nsteps++];
             step_arg(r, DNNL_ARG_FROM, so);
             step_arg(r, DNNL_ARG_TO, yc);
-            DNNL_TRY(finish_step(k, r, rpd[2]), "reorder");
+            DNNL_TRY(finish_step(k, r, pds[3]), "reorder");
         }
         main = &k->steps[k->nsteps++];
         step_arg(main, DNNL_ARG_SRC, xc);
         step_arg(main, DNNL_ARG_DST, yc);
-        r = &k->steps[k->nsteps++];   /* filled below, after the main step */
+        r = &k->steps[k->nsteps++];
         step_arg(r, DNNL_ARG_FROM, yc);
-        step_arg(r, DNNL_ARG_TO, ys);
-        DNNL_TRY(finish_step(k, r, rpd[1]), "reorder");
+        step_arg(r, DNNL_ARG_TO, ydense);
+        DNNL_TRY(finish_step(k, r, pds[2]), "reorder");
     } else {
         main = &k->steps[k->nsteps++];
         DNNL_TRY(add_arg(k, main, DNNL_ARG_SRC, &src_pl, ptr[pl.x]), "memory");
-        DNNL_TRY(add_arg(k, main, DNNL_ARG_DST, &dst_pl, ptr[pl.y]), "memory");
+        ydense = new_mem(k, &dst_pl, ptr[pl.y], &s);
+        DNNL_TRY(s, "memory");
+        step_arg(main, DNNL_ARG_DST, ydense);
+        if (fused_sum >= 0 && ptr[fused_sum] != ptr[pl.y]) {
+            k->sum_src = ptr[fused_sum];
+            k->sum_dst = ptr[pl.y];
+            k->sum_bytes = val_bytes(p, pl.y);
+        }
     }
     switch (pl.kind) {
     case KP_CONV:
     case KP_CONV_TRANSPOSE:
     case KP_MATMUL:
-        if ((st = bind_weights(k, main, p, i, &pl, pd, ptr, &ncopied)))
+        if ((st = bind_weights(k, main, p, i, &pl, pds[0], ptr, &ncopied)))
             goto done;
         if (pl.b >= 0) {
             md_plain(&md, pl.bnd, pl.bias);
             DNNL_TRY(add_arg(k, main, DNNL_ARG_BIAS, &md, ptr[pl.b]), "memory");
         }
-        for (int j = 0; j < pl.n_post; j++) {
+        for (int j = 0; j < pl.n_fused; j++) {
             const kd_post *q = &pl.post[j];
             if (q->type == KP_POST_BINARY) {
                 md_plain(&md, pl.nd, q->dims);
                 DNNL_TRY(add_arg(k, main, DNNL_ARG_ATTR_MULTIPLE_POST_OP(j) | DNNL_ARG_SRC_1, &md,
                                  ptr[q->operand]), "memory");
-            } else if (q->type == KP_POST_SUM && !pl.cl && ptr[q->operand] != ptr[pl.y]) {
-                k->sum_src = ptr[q->operand];
-                k->sum_dst = ptr[pl.y];
-                k->sum_bytes = val_bytes(p, pl.y);
             }
         }
         break;
@@ -1457,11 +1603,26 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     default:
         break;
     }
-    DNNL_TRY(finish_step(k, main, pd), "primitive");
+    DNNL_TRY(finish_step(k, main, pds[0]), "primitive");
+
+    /* unfused post-ops, in place on the dense output */
+    for (int j = pl.n_fused; j < pl.n_post; j++) {
+        const kd_post *q = &pl.post[j];
+        r = &k->steps[k->nsteps++];
+        if (q->type == KP_POST_UNARY) {
+            step_arg(r, DNNL_ARG_SRC, ydense);
+            step_arg(r, DNNL_ARG_DST, ydense);
+        } else {
+            step_arg(r, DNNL_ARG_SRC_0, ydense);
+            md_plain(&md, pl.nd, q->dims);
+            DNNL_TRY(add_arg(k, r, DNNL_ARG_SRC_1, &md, ptr[q->operand]), "memory");
+            step_arg(r, DNNL_ARG_DST, ydense);
+        }
+        DNNL_TRY(finish_step(k, r, pds[4 + j]), "post-op step");
+    }
 done:
-    dnnl_primitive_desc_destroy(pd);
-    for (int j = 0; j < 3; j++)
-        dnnl_primitive_desc_destroy(rpd[j]);
+    for (int j = 0; j < 4 + KD_MAX_POST; j++)
+        dnnl_primitive_desc_destroy(pds[j]);
     if (st) {
         kd_destroy(&k->base);
         return st;
