@@ -129,6 +129,25 @@ KILN_API kiln_status kiln_save(kiln_model *m, const char *path);
  * runs in the background and this call returns at once. */
 KILN_API kiln_status kiln_load(const char *path, kiln_model **out);
 
+/* How kiln_load_ex loads: the artifact's own flags, or an override (for benchmarks and for
+ * serving one artifact in different ways). Get defaults from kiln_load_default_params();
+ * fields may be added at the end in later versions. */
+typedef enum kiln_load_mode {
+    KILN_LOAD_AS_SAVED = 0,   /* the artifact's lazy/async flags (what kiln_load does) */
+    KILN_LOAD_EAGER,          /* place now, wait */
+    KILN_LOAD_LAZY,           /* place at the first forward / data-parallel, wait then */
+    KILN_LOAD_ASYNC,          /* place now in the background, return at once */
+    KILN_LOAD_LAZY_ASYNC      /* place in the background once triggered */
+} kiln_load_mode;
+typedef struct kiln_load_params {
+    kiln_load_mode mode;
+    int            core;      /* core of the first placement; -1: the least-used core */
+} kiln_load_params;
+KILN_API kiln_load_params kiln_load_default_params(void);
+/* kiln_load with params (NULL: defaults). KILN_ERR_CORE for a core that is not visible. */
+KILN_API kiln_status kiln_load_ex(const char *path, const kiln_load_params *params,
+                                  kiln_model **out);
+
 /* Prints a human-readable description of the artifact at path to `out`: flags, inputs and
  * outputs, op counts, sizes, and whether every checksum holds. Returns KILN_ERR_FORMAT
  * (after printing) when a checksum fails. */
@@ -179,7 +198,16 @@ typedef struct kiln_load_report {
     uint64_t arena_bytes;    /* activation memory per replica */
     int      core;           /* core of the latest placement, -1 if none */
     uint32_t placements;     /* all placements made so far */
+    /* Timeline of the load and the latest placement, in ms on kiln_clock_ms()'s clock
+     * (0: not reached). read: [t_load, t_read_end]; the placement was triggered at
+     * t_trigger, verified the weights in [t_verify_start, t_verify_end] (if this placement
+     * was the one that did), placed in [t_place_start, t_kernels_start], created kernels in
+     * [t_kernels_start, t_ready]. */
+    double   t_load, t_read_end, t_trigger, t_verify_start, t_verify_end;
+    double   t_place_start, t_kernels_start, t_ready;
 } kiln_load_report;
+/* Milliseconds on the monotonic clock the load report's timeline uses. */
+KILN_API double      kiln_clock_ms(void);
 KILN_API kiln_status kiln_model_load_report(const kiln_model *m, kiln_load_report *out);
 
 /* Frees the model and every replica. Safe while a load is in flight (it waits for it). */

@@ -43,5 +43,6 @@ double cli_now_ms(void);
 
 int cli_trace(int argc, char **argv);
 int cli_run(int argc, char **argv);
+int cli_load_bench(int argc, char **argv);
 
 #endif

@@ -24,6 +24,8 @@ static const char usage_main[] =
     "        load an artifact, run it on .npy inputs, write DIR/<output>.npy\n"
     "  inspect OUT.kiln\n"
     "        print an artifact's flags, inputs, outputs, ops, sizes and checksums\n"
+    "  load-bench A.kiln [B.kiln ...] [--mode MODE] [--repeat N] [--svg FILE]\n"
+    "        load several artifacts eagerly, lazily or asynchronously; show a timeline\n"
     "\n"
     "  kiln help [COMMAND] | kiln COMMAND --help | kiln --version\n"
     "\n"
@@ -60,6 +62,19 @@ static const char usage_run[] =
     "  --dim D                    the dimension inputs are split along (default 0)\n"
     "  --no-dynamic-batching      the batch along D must be exactly cores x traced size\n"
     "  --repeat N                 run the forward N times; print min and median\n";
+
+static const char usage_load_bench[] =
+    "usage: kiln load-bench A.kiln [B.kiln ...] [--mode MODE] [--repeat N] [--svg FILE]\n"
+    "\n"
+    "Loads the artifacts as a server starting a pipeline would, runs each once on zero\n"
+    "inputs, and prints when each phase of each load happened (read, verify, place,\n"
+    "kernels, first forward), in ms from the first kiln_load.\n"
+    "\n"
+    "  --mode MODE   as-saved (default: each artifact's flags), eager (one after another),\n"
+    "                async (all in the background at once), lazy (each placed by its first\n"
+    "                forward, in turn), lazy-async (placed by first forwards run together)\n"
+    "  --repeat N    repeat the whole round N times; print the median\n"
+    "  --svg FILE    draw the last round's timeline as an SVG picture\n";
 
 static const char usage_inspect[] =
     "usage: kiln inspect OUT.kiln\n"
@@ -273,6 +288,7 @@ static const struct {
     {"trace", cli_trace, usage_trace},
     {"run", cli_run, usage_run},
     {"inspect", cli_inspect, usage_inspect},
+    {"load-bench", cli_load_bench, usage_load_bench},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

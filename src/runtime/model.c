@@ -53,6 +53,8 @@ static kiln_status model_new(kp_program *prog, ka_file *file, const char *path, 
     m->prog = prog;
     m->file = file;
     m->flags = prog->flags;
+    m->behaviour = prog->flags;
+    m->first_core = -1;
     m->state = KILN_UNLOADED;
     m->verified = file == NULL; /* traced weights were made here, not read */
     m->report.core = -1;
@@ -109,6 +111,7 @@ static kiln_status set_flag(kiln_model *m, uint32_t flag, int enable, const char
                           "not on a loaded one", what);
     pthread_mutex_lock(&m->mu);
     m->flags = enable ? (m->flags | flag) : (m->flags & ~flag);
+    m->behaviour = m->flags;
     pthread_mutex_unlock(&m->mu);
     return KILN_OK;
 }
@@ -225,9 +228,11 @@ static kiln_status verify_once(kiln_model *m)
     if (!m->verified) {
         double t0 = kiln__now();
         s = ka_verify_weights(m->file, m->prog);
-        double ms = (kiln__now() - t0) * 1e3;
+        double t1 = kiln__now();
         pthread_mutex_lock(&m->mu);
-        m->report.verify_ms += ms;
+        m->report.verify_ms += (t1 - t0) * 1e3;
+        m->report.t_verify_start = t0 * 1e3;
+        m->report.t_verify_end = t1 * 1e3;
         pthread_mutex_unlock(&m->mu);
         m->verified = s == KILN_OK;
     }
@@ -238,7 +243,7 @@ static kiln_status verify_once(kiln_model *m)
 typedef struct place_arg {
     kiln_model *m;
     rt_replica *rep;
-    double      place_ms, kernels_ms;
+    double      t_place, t_kernels, t_ready; /* seconds */
 } place_arg;
 
 /* Runs on the target core's worker: addresses and kernels. */
@@ -277,8 +282,9 @@ static void place_job(rt_core *core, rt_job *job)
         r->n_kernels = i + 1;
     }
     a->rep = r;
-    a->place_ms = (t1 - t0) * 1e3;
-    a->kernels_ms = (kiln__now() - t1) * 1e3;
+    a->t_place = t0;
+    a->t_kernels = t1;
+    a->t_ready = kiln__now();
     job->status = KILN_OK;
 }
 
@@ -341,11 +347,16 @@ static void place_finish(kiln_model *m, int core, kiln_status s, const place_arg
     if (s == KILN_OK) {
         m->replicas[core] = a->rep;
         m->placements[core]++;
-        m->report.place_ms = a->place_ms;
-        m->report.kernels_ms = a->kernels_ms;
+        m->report.place_ms = (a->t_kernels - a->t_place) * 1e3;
+        m->report.kernels_ms = (a->t_ready - a->t_kernels) * 1e3;
         m->report.copied_bytes = a->rep->copied;
         m->report.core = core;
-        m->report.total_ms = (kiln__now() - t_trigger) * 1e3 + m->report.read_ms;
+        m->report.t_trigger = t_trigger * 1e3;
+        m->report.t_place_start = a->t_place * 1e3;
+        m->report.t_kernels_start = a->t_kernels * 1e3;
+        m->report.t_ready = a->t_ready * 1e3;
+        /* from kiln_load (or, for a lazy model, from the trigger) to ready */
+        m->report.total_ms = (a->t_ready - t_trigger) * 1e3 + (m->behaviour & KP_FLAG_LAZY ? 0 : m->report.read_ms);
         if (m->pending == 0 && m->state != KILN_FAILED)
             m->state = KILN_LOADED;
     } else {
@@ -403,6 +414,17 @@ static kiln_status load_failed(const kiln_model *m)
                       m->error_msg);
 }
 
+/* Reserves the core for a model's first placement: the one asked for at load, or the
+ * least-used one. */
+static int first_core_locked(kiln_model *m)
+{
+    if (m->first_core >= 0) {
+        rt_core_replicas_add(m->first_core, 1);
+        return m->first_core;
+    }
+    return rt_reserve_default_core(NULL);
+}
+
 /* Returns a replica to run on: the first placed one; when there is none and none is
  * pending, places one on the default core (in the background if the model is async) and
  * waits. Exactly one placement happens however many threads call this at once. */
@@ -426,12 +448,12 @@ static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
             pthread_cond_wait(&m->cv, &m->mu);
             continue;
         }
-        int core = rt_reserve_default_core(NULL);
+        int core = first_core_locked(m);
         if (core < 0) {
             s = kiln__fail(KILN_ERR_CORE, "no core can take the model");
             break;
         }
-        trigger_locked(m, core, (m->flags & KP_FLAG_ASYNC) != 0);
+        trigger_locked(m, core, (m->behaviour & KP_FLAG_ASYNC) != 0);
     }
     pthread_mutex_unlock(&m->mu);
     return s;
@@ -450,7 +472,7 @@ kiln_status rt_model_ensure(kiln_model *m, const int *cores, int n)
         rt_core_replicas_add(c, 1);
         trigger_locked(m, c, true); /* in parallel on the loader pool */
     }
-    bool async = (m->flags & KP_FLAG_ASYNC) != 0;
+    bool async = (m->behaviour & KP_FLAG_ASYNC) != 0;
     pthread_mutex_unlock(&m->mu);
     if (s != KILN_OK || async)
         return s;
@@ -481,14 +503,29 @@ kiln_status rt_model_replicas(kiln_model *m, const int *cores, int n, rt_replica
     return s;
 }
 
-KILN_API kiln_status kiln_load(const char *path, kiln_model **out)
+KILN_API kiln_load_params kiln_load_default_params(void)
+{
+    kiln_load_params p = { KILN_LOAD_AS_SAVED, -1 };
+    return p;
+}
+
+KILN_API double kiln_clock_ms(void) { return kiln__now() * 1e3; }
+
+KILN_API kiln_status kiln_load(const char *path, kiln_model **out) { return kiln_load_ex(path, NULL, out); }
+
+KILN_API kiln_status kiln_load_ex(const char *path, const kiln_load_params *params, kiln_model **out)
 {
     if (!path || !out)
         return kiln__fail(KILN_ERR_ARG, "kiln_load: %s is NULL", path ? "out" : "path");
     kiln__clear_error();
+    kiln_load_params prm = params ? *params : kiln_load_default_params();
+    if ((unsigned)prm.mode > KILN_LOAD_LAZY_ASYNC)
+        return kiln__fail(KILN_ERR_ARG, "kiln_load_ex: unknown load mode %d", (int)prm.mode);
     kiln_status s = rt_init();
     if (s != KILN_OK)
         return s;
+    if (prm.core >= rt_num_cores() || prm.core < -1)
+        return kiln__fail(KILN_ERR_CORE, "core %d is not visible (cores 0..%d are)", prm.core, rt_num_cores() - 1);
     double t0 = kiln__now();
     ka_file *file = NULL;
     kp_program *prog = NULL;
@@ -501,16 +538,20 @@ KILN_API kiln_status kiln_load(const char *path, kiln_model **out)
         ka_close(file);
         return s;
     }
+    static const uint32_t mode_flags[] = { 0, 0, KP_FLAG_LAZY, KP_FLAG_ASYNC, KP_FLAG_LAZY | KP_FLAG_ASYNC };
+    if (prm.mode != KILN_LOAD_AS_SAVED)
+        m->behaviour = mode_flags[prm.mode];
+    m->first_core = prm.core;
     m->report.read_ms = (t1 - t0) * 1e3;
-    if (!(m->flags & KP_FLAG_LAZY)) {
+    m->report.t_load = t0 * 1e3;
+    m->report.t_read_end = t1 * 1e3;
+    if (!(m->behaviour & KP_FLAG_LAZY)) {
         pthread_mutex_lock(&m->mu);
-        int core = rt_reserve_default_core(NULL);
+        int core = first_core_locked(m);
         if (core < 0)
             s = kiln__fail(KILN_ERR_CORE, "no core can take the model");
         else
-            s = trigger_locked(m, core, (m->flags & KP_FLAG_ASYNC) != 0);
-        if (s == KILN_OK && !(m->flags & KP_FLAG_ASYNC))
-            m->report.total_ms = (kiln__now() - t0) * 1e3;
+            s = trigger_locked(m, core, (m->behaviour & KP_FLAG_ASYNC) != 0);
         pthread_mutex_unlock(&m->mu);
         if (s != KILN_OK) {
             /* eager: the caller gets the cause itself (e.g. a checksum mismatch) */

@@ -36,7 +36,9 @@ struct kiln_model {
 
     pthread_mutex_t   mu;          /* guards everything below but `verified` */
     pthread_cond_t    cv;          /* broadcast when a placement ends */
-    uint32_t          flags;       /* KP_FLAG_* */
+    uint32_t          flags;       /* KP_FLAG_*: the artifact's (saved, reported) */
+    uint32_t          behaviour;   /* KP_FLAG_*: how this model loads (flags, or an override) */
+    int               first_core;  /* core for the first placement, -1: least used */
     kiln_load_state   state;
     int               pending;     /* placements in flight */
     rt_replica      **replicas;    /* per core, NULL if none */
