@@ -791,6 +791,12 @@ static void test_cumsum(void)
     CHECK_OK(run_op(KP_CUMSUM, 0, IN(vxi), IN(vyi), IAS(0, 1, 1), NOFA));
     int64_t wi[4] = {9, 7, 4, 0};
     SAME(yi, wi, 4);
+    /* in place (Y aliases X), exclusive */
+    float z[6] = {1, 2, 3, 4, 5, 6};
+    int vz = VAL(KILN_F32, z, 2, 3);
+    CHECK_OK(run_op(KP_CUMSUM, 0, IN(vz), IN(vz), IAS(1, 1, 0), NOFA));
+    float wz[6] = {0, 0, 1, 0, 0, 4};   /* run twice in place: the second sees the first's output */
+    NEAR(z, wz, 6);
 }
 
 /* ================================ normalisation ================================ */
@@ -1238,6 +1244,15 @@ static void test_matmul(void)
     CHECK_OK(run_op(KP_MATMUL, 0, IN(va, vb1), IN(vy2), IAS(0), NOFA));
     naive_matmul(a, b, want, 6, 4, 1);
     CHECK(close_f32(y, want, 6, 1e-5));
+    /* f64, with a bias; post-ops are f32 only */
+    double da[6] = {1, 2, 3, 4, 5, 6}, db[6] = {1, 0, 0, 1, 1, 1}, dbias[2] = {0.5, -0.5}, dy[4];
+    int vda = VAL(KILN_F64, da, 2, 3), vdb = VAL(KILN_F64, db, 3, 2), vdbias = VAL(KILN_F64, dbias, 2);
+    int vdy = VAL(KILN_F64, dy, 2, 2);
+    CHECK_OK(run_op(KP_MATMUL, 0, IN(vda, vdb, vdbias), IN(vdy), IAS(0), NOFA));
+    double dw[4] = {4.5, 4.5, 10.5, 10.5};
+    CHECK(close_f64(dy, dw, 4, 0));
+    CHECK_STATUS(check_op(KP_MATMUL, 0, IN(vda, vdb, vdbias), IN(vdy), IAS(1, KP_POST_UNARY, KP_U_RELU),
+                          FAS(0, 0)), KILN_ERR_UNSUPPORTED);
     /* a bigger one through the blocked path, with a binary-add post-op of a row vector */
     enum { M = 37, K = 300, N = 530 };
     float *A = malloc(M * K * 4), *B = malloc(K * N * 4), *Y = malloc(M * N * 4), *W = malloc(M * N * 4);

@@ -83,6 +83,38 @@ static inline void kr_strides(int nd, const int64_t *shape, int64_t *st)
     }
 }
 
+/* Sums for statistics: sum(x) and sum((x - m)^2) in double, with independent partial sums
+ * so the loop is not bound by the latency of one long addition chain. */
+#define KR_SUM_FNS(T, SUF)                                                                    \
+    static inline double kr_sum_##SUF(const T *x, int64_t n)                                  \
+    {                                                                                         \
+        double s[8] = {0};                                                                    \
+        int64_t j = 0;                                                                        \
+        for (; j + 8 <= n; j += 8)                                                            \
+            for (int l = 0; l < 8; l++)                                                       \
+                s[l] += (double)x[j + l];                                                     \
+        for (; j < n; j++)                                                                    \
+            s[0] += (double)x[j];                                                             \
+        return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));             \
+    }                                                                                         \
+    static inline double kr_sumsq_dev_##SUF(const T *x, int64_t n, double m)                  \
+    {                                                                                         \
+        double s[8] = {0};                                                                    \
+        int64_t j = 0;                                                                        \
+        for (; j + 8 <= n; j += 8)                                                            \
+            for (int l = 0; l < 8; l++) {                                                     \
+                double d = (double)x[j + l] - m;                                              \
+                s[l] += d * d;                                                                \
+            }                                                                                 \
+        for (; j < n; j++) {                                                                  \
+            double d = (double)x[j] - m;                                                      \
+            s[0] += d * d;                                                                    \
+        }                                                                                     \
+        return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));             \
+    }
+KR_SUM_FNS(float, f32)
+KR_SUM_FNS(double, f64)
+
 /* Every value an op touches must be present where required, have a known dtype, a rank
  * the engines take and storage covering its elements. Checked once per op by kr_check. */
 KILN_INTERNAL kiln_status kr_check_values(const kr_op *o);

@@ -31,55 +31,58 @@ static void valid_range(int64_t n, int64_t bound, int64_t s, int64_t d, int64_t 
 
 /* ---- a small GEMM: C[M x N] = A[M x K] * B[K x N], row-major with leading dims ---- */
 
-static void gemm_f32(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-                     const float *B, int64_t ldb, float *C, int64_t ldc)
-{
-    if (N < 8) {
-        for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++) {
-                float s = 0;
-                for (int64_t k = 0; k < K; k++)
-                    s += A[i * lda + k] * B[k * ldb + j];
-                C[i * ldc + j] = s;
-            }
-        return;
+#define GEMM_FN(T, SUF)                                                                       \
+    static void gemm_##SUF(int64_t M, int64_t N, int64_t K, const T *A, int64_t lda,          \
+                           const T *B, int64_t ldb, T *C, int64_t ldc)                        \
+    {                                                                                         \
+        if (N < 8) {                                                                          \
+            for (int64_t i = 0; i < M; i++)                                                   \
+                for (int64_t j = 0; j < N; j++) {                                             \
+                    T s = 0;                                                                  \
+                    for (int64_t k = 0; k < K; k++)                                           \
+                        s += A[i * lda + k] * B[k * ldb + j];                                 \
+                    C[i * ldc + j] = s;                                                       \
+                }                                                                             \
+            return;                                                                           \
+        }                                                                                     \
+        enum { NB = 512, KB = 128 };                                                          \
+        for (int64_t jb = 0; jb < N; jb += NB) {                                              \
+            const int64_t nb = N - jb < NB ? N - jb : NB;                                     \
+            for (int64_t i = 0; i < M; i++)                                                   \
+                memset(C + i * ldc + jb, 0, (size_t)nb * sizeof(T));                          \
+            for (int64_t kb = 0; kb < K; kb += KB) {                                          \
+                const int64_t ke = K - kb < KB ? K : kb + KB;                                 \
+                int64_t i = 0;                                                                \
+                for (; i + 4 <= M; i += 4) {                                                  \
+                    T *restrict c0 = C + i * ldc + jb, *restrict c1 = c0 + ldc;               \
+                    T *restrict c2 = c1 + ldc, *restrict c3 = c2 + ldc;                       \
+                    for (int64_t k = kb; k < ke; k++) {                                       \
+                        const T a0 = A[i * lda + k], a1 = A[(i + 1) * lda + k];               \
+                        const T a2 = A[(i + 2) * lda + k], a3 = A[(i + 3) * lda + k];         \
+                        const T *restrict b = B + k * ldb + jb;                               \
+                        for (int64_t j = 0; j < nb; j++) {                                    \
+                            const T bj = b[j];                                                \
+                            c0[j] += a0 * bj;                                                 \
+                            c1[j] += a1 * bj;                                                 \
+                            c2[j] += a2 * bj;                                                 \
+                            c3[j] += a3 * bj;                                                 \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+                for (; i < M; i++) {                                                          \
+                    T *restrict c0 = C + i * ldc + jb;                                        \
+                    for (int64_t k = kb; k < ke; k++) {                                       \
+                        const T a0 = A[i * lda + k];                                          \
+                        const T *restrict b = B + k * ldb + jb;                               \
+                        for (int64_t j = 0; j < nb; j++)                                      \
+                            c0[j] += a0 * b[j];                                               \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
     }
-    enum { NB = 512, KB = 128 };
-    for (int64_t jb = 0; jb < N; jb += NB) {
-        const int64_t nb = N - jb < NB ? N - jb : NB;
-        for (int64_t i = 0; i < M; i++)
-            memset(C + i * ldc + jb, 0, (size_t)nb * sizeof(float));
-        for (int64_t kb = 0; kb < K; kb += KB) {
-            const int64_t ke = K - kb < KB ? K : kb + KB;
-            int64_t i = 0;
-            for (; i + 4 <= M; i += 4) {
-                float *restrict c0 = C + i * ldc + jb, *restrict c1 = c0 + ldc;
-                float *restrict c2 = c1 + ldc, *restrict c3 = c2 + ldc;
-                for (int64_t k = kb; k < ke; k++) {
-                    const float a0 = A[i * lda + k], a1 = A[(i + 1) * lda + k];
-                    const float a2 = A[(i + 2) * lda + k], a3 = A[(i + 3) * lda + k];
-                    const float *restrict b = B + k * ldb + jb;
-                    for (int64_t j = 0; j < nb; j++) {
-                        const float bj = b[j];
-                        c0[j] += a0 * bj;
-                        c1[j] += a1 * bj;
-                        c2[j] += a2 * bj;
-                        c3[j] += a3 * bj;
-                    }
-                }
-            }
-            for (; i < M; i++) {
-                float *restrict c0 = C + i * ldc + jb;
-                for (int64_t k = kb; k < ke; k++) {
-                    const float a0 = A[i * lda + k];
-                    const float *restrict b = B + k * ldb + jb;
-                    for (int64_t j = 0; j < nb; j++)
-                        c0[j] += a0 * b[j];
-                }
-            }
-        }
-    }
-}
+GEMM_FN(float, f32)
+GEMM_FN(double, f64)
 
 /* ---- spatial geometry shared by Conv, ConvTranspose and Pool ---- */
 
@@ -383,11 +386,12 @@ kiln_status kr_create_conv_transpose(const kr_op *o, void *const *ptr, kk_kernel
 
 typedef struct matmul_k {
     kk_kernel base;
+    bool f64;
     int64_t M, N, K, nbatch;
-    const float *a, *b;
-    float *y;
+    const void *a, *b;
+    void *y;
     int64_t *aoff, *boff;       /* per batch element offsets */
-    const float *bias;
+    const void *bias;
     kr_bcast bias_bc;
     kr_post post;
 } matmul_k;
@@ -404,19 +408,28 @@ static kiln_status matmul_run(kk_kernel *kk)
 {
     matmul_k *k = (matmul_k *)kk;
     const int64_t M = k->M, N = k->N, K = k->K;
-    for (int64_t t = 0; t < k->nbatch; t++)
-        gemm_f32(M, N, K, k->a + k->aoff[t], K, k->b + k->boff[t], N, k->y + t * M * N, N);
+    for (int64_t t = 0; t < k->nbatch; t++) {
+        if (k->f64)
+            gemm_f64(M, N, K, (const double *)k->a + k->aoff[t], K, (const double *)k->b + k->boff[t],
+                     N, (double *)k->y + t * M * N, N);
+        else
+            gemm_f32(M, N, K, (const float *)k->a + k->aoff[t], K, (const float *)k->b + k->boff[t],
+                     N, (float *)k->y + t * M * N, N);
+    }
     if (k->bias) {
         const kr_bcast *bc = &k->bias_bc;
-        kr_bin_fn add = kr_binary_fn(KP_B_ADD, KILN_F32, 0);
+        const size_t es = k->f64 ? sizeof(double) : sizeof(float);
+        kr_bin_fn add = kr_binary_fn(KP_B_ADD, k->f64 ? KILN_F64 : KILN_F32, 0);
         int64_t idx[KILN_MAX_DIMS] = {0}, off[3] = {0};
         for (int64_t r = 0; r < bc->rows; r++) {
-            float *row = k->y + r * bc->inner;
-            add(row, 1, k->bias + off[1], bc->st[1][bc->nd - 1], row, bc->inner);
+            char *row = (char *)k->y + (size_t)(r * bc->inner) * es;
+            add(row, 1, (const char *)k->bias + (size_t)off[1] * es, bc->st[1][bc->nd - 1], row,
+                bc->inner);
             kr_bcast_next(bc, idx, off);
         }
     }
-    kr_post_run(&k->post, k->y);
+    if (!k->f64)
+        kr_post_run(&k->post, k->y);
     return KILN_OK;
 }
 
@@ -456,11 +469,12 @@ kiln_status kr_check_matmul(const kr_op *o)
     if (s != KILN_OK)
         return s;
     const kp_value *a = kr_in(o, 0), *b = kr_in(o, 1), *bias = kr_in(o, 2), *y = kr_out(o, 0);
-    if (a->dtype != KILN_F32 || b->dtype != KILN_F32 || y->dtype != KILN_F32 ||
-        (bias && bias->dtype != KILN_F32))
-        return kr_bad(o, "dtype %s not supported (f32 only)",
-                      kr_dtname(a->dtype != KILN_F32 ? a->dtype : b->dtype != KILN_F32 ? b->dtype
-                                : y->dtype != KILN_F32 ? y->dtype : bias->dtype));
+    if (!kr_is_float(a->dtype) || b->dtype != a->dtype || y->dtype != a->dtype ||
+        (bias && bias->dtype != a->dtype))
+        return kr_bad(o, "dtypes %s x %s -> %s not supported (f32, f64)", kr_dtname(a->dtype),
+                      kr_dtname(b->dtype), kr_dtname(y->dtype));
+    if (a->dtype == KILN_F64 && o->ia[0] != 0)
+        return kr_bad(o, "post-ops on f64 not supported");
     if (a->ndim < 1 || b->ndim < 1)
         return kr_bad(o, "operands must have rank 1 or more");
     mm_shape ms;
@@ -494,6 +508,7 @@ kiln_status kr_create_matmul(const kr_op *o, void *const *ptr, kk_kernel **out)
     const kp_value *a = kr_in(o, 0), *b = kr_in(o, 1), *bias = kr_in(o, 2), *y = kr_out(o, 0);
     mm_shape ms;
     mm_shape_of(a, b, &ms);
+    k->f64 = a->dtype == KILN_F64;
     k->M = ms.M;
     k->N = ms.N;
     k->K = ms.K;
@@ -566,52 +581,62 @@ typedef struct pool_k {
         const int64_t IH = g->in[1], IW = g->in[2], OD = g->out[0], OH = g->out[1],            \
                       OW = g->out[2];                                                          \
         const int64_t IS = g->in[0] * IH * IW, OS = OD * OH * OW;                              \
+        const int64_t sd = g->s[0], sh = g->s[1], sw = g->s[2];                                \
+        const int64_t dd = g->d[0], dh = g->d[1], dw = g->d[2];                                \
+        const int64_t *const lo0 = k->klo[0], *const hi0 = k->khi[0];                          \
+        const int64_t *const lo1 = k->klo[1], *const hi1 = k->khi[1];                          \
+        const int64_t *const lo2 = k->klo[2], *const hi2 = k->khi[2];                          \
+        const bool avg = k->avg, incl = k->include_pad;                                        \
         for (int64_t nc = 0; nc < k->NC; nc++) {                                               \
             const T *x = (const T *)k->x + nc * IS;                                            \
             T *y = (T *)k->y + nc * OS;                                                        \
             int64_t *ind = k->ind ? k->ind + nc * OS : NULL;                                   \
             for (int64_t od = 0; od < OD; od++) {                                              \
-                const int64_t d0 = od * g->s[0] - g->pb[0];                                    \
+                const int64_t d0 = od * sd - g->pb[0], a0 = lo0[od], a1 = hi0[od];             \
                 for (int64_t oh = 0; oh < OH; oh++) {                                          \
-                    const int64_t h0 = oh * g->s[1] - g->pb[1];                                \
+                    const int64_t h0 = oh * sh - g->pb[1], b0 = lo1[oh], b1 = hi1[oh];         \
+                    T *yr = y + (od * OH + oh) * OW;                                           \
                     for (int64_t ow = 0; ow < OW; ow++) {                                      \
-                        const int64_t w0 = ow * g->s[2] - g->pb[2];                            \
-                        const int64_t at = (od * OH + oh) * OW + ow;                           \
-                        if (k->avg) {                                                          \
+                        const int64_t w0 = ow * sw - g->pb[2], c0 = lo2[ow], c1 = hi2[ow];     \
+                        if (avg) {                                                             \
                             double s = 0;                                                      \
-                            for (int64_t a = k->klo[0][od]; a < k->khi[0][od]; a++)            \
-                                for (int64_t b = k->klo[1][oh]; b < k->khi[1][oh]; b++) {      \
-                                    const T *xr = x + ((d0 + a * g->d[0]) * IH +               \
-                                                       (h0 + b * g->d[1])) * IW + w0;          \
-                                    for (int64_t c = k->klo[2][ow]; c < k->khi[2][ow]; c++)    \
-                                        s += xr[c * g->d[2]];                                  \
+                            for (int64_t a = a0; a < a1; a++)                                  \
+                                for (int64_t b = b0; b < b1; b++) {                            \
+                                    const T *xr = x + ((d0 + a * dd) * IH + h0 + b * dh) * IW  \
+                                                  + w0;                                        \
+                                    for (int64_t c = c0; c < c1; c++)                          \
+                                        s += xr[c * dw];                                       \
                                 }                                                              \
-                            int64_t cnt;                                                       \
-                            if (k->include_pad)                                                \
-                                cnt = k->cnt[0][od] * k->cnt[1][oh] * k->cnt[2][ow];           \
-                            else                                                               \
-                                cnt = (k->khi[0][od] - k->klo[0][od]) *                        \
-                                      (k->khi[1][oh] - k->klo[1][oh]) *                        \
-                                      (k->khi[2][ow] - k->klo[2][ow]);                         \
-                            y[at] = (T)(cnt > 0 ? s / (double)cnt : 0);                        \
+                            int64_t cnt = incl ? k->cnt[0][od] * k->cnt[1][oh] * k->cnt[2][ow] \
+                                               : (a1 - a0) * (b1 - b0) * (c1 - c0);            \
+                            yr[ow] = (T)(cnt > 0 ? s / (double)cnt : 0);                       \
+                        } else if (!ind) {                                                     \
+                            T best = LOWEST;                                                   \
+                            for (int64_t a = a0; a < a1; a++)                                  \
+                                for (int64_t b = b0; b < b1; b++) {                            \
+                                    const T *xr = x + ((d0 + a * dd) * IH + h0 + b * dh) * IW  \
+                                                  + w0;                                        \
+                                    for (int64_t c = c0; c < c1; c++)                          \
+                                        best = xr[c * dw] > best ? xr[c * dw] : best;          \
+                                }                                                              \
+                            yr[ow] = best;                                                     \
                         } else {                                                               \
                             T best = LOWEST;                                                   \
                             int64_t bi = -1;                                                   \
-                            for (int64_t a = k->klo[0][od]; a < k->khi[0][od]; a++)            \
-                                for (int64_t b = k->klo[1][oh]; b < k->khi[1][oh]; b++) {      \
-                                    const int64_t r = ((d0 + a * g->d[0]) * IH +               \
-                                                       (h0 + b * g->d[1])) * IW + w0;          \
-                                    for (int64_t c = k->klo[2][ow]; c < k->khi[2][ow]; c++) {  \
-                                        const T v = x[r + c * g->d[2]];                        \
+                            for (int64_t a = a0; a < a1; a++)                                  \
+                                for (int64_t b = b0; b < b1; b++) {                            \
+                                    const int64_t r = ((d0 + a * dd) * IH + h0 + b * dh) * IW  \
+                                                      + w0;                                    \
+                                    for (int64_t c = c0; c < c1; c++) {                        \
+                                        const T v = x[r + c * dw];                             \
                                         if (v > best || bi < 0) {                              \
                                             best = v;                                          \
-                                            bi = r + c * g->d[2];                              \
+                                            bi = r + c * dw;                                   \
                                         }                                                      \
                                     }                                                          \
                                 }                                                              \
-                            y[at] = best;                                                      \
-                            if (ind)                                                           \
-                                ind[at] = bi < 0 ? -1 : nc * IS + bi;                          \
+                            yr[ow] = best;                                                     \
+                            ind[(od * OH + oh) * OW + ow] = bi < 0 ? -1 : nc * IS + bi;        \
                         }                                                                      \
                     }                                                                          \
                 }                                                                              \
@@ -752,9 +777,7 @@ typedef struct gpool_k {
         for (int64_t nc = 0; nc < k->NC; nc++) {                                           \
             const T *x = (const T *)k->x + nc * k->S;                                      \
             if (k->avg) {                                                                  \
-                double s = 0;                                                              \
-                for (int64_t j = 0; j < k->S; j++)                                         \
-                    s += x[j];                                                             \
+                double s = kr_sum_##SUF(x, k->S);                                          \
                 ((T *)k->y)[nc] = (T)(k->S ? s / (double)k->S : 0);                        \
             } else {                                                                       \
                 T m = -INFINITY;                                                           \

@@ -167,14 +167,8 @@ typedef struct layernorm_k {
         for (int64_t o = 0; o < k->outer; o++) {                                             \
             const T *x = (const T *)k->x + o * n;                                            \
             T *y = (T *)k->y + o * n;                                                        \
-            double s = 0, v = 0;                                                             \
-            for (int64_t j = 0; j < n; j++)                                                  \
-                s += x[j];                                                                   \
-            double mean = s / (double)n;                                                     \
-            for (int64_t j = 0; j < n; j++) {                                                \
-                double d = x[j] - mean;                                                      \
-                v += d * d;                                                                  \
-            }                                                                                \
+            double mean = kr_sum_##SUF(x, n) / (double)n;                                    \
+            double v = kr_sumsq_dev_##SUF(x, n, mean);                                       \
             double inv = 1.0 / sqrt(v / (double)n + (double)k->eps);                         \
             const T m = (T)mean, iv = (T)inv;                                                \
             if (!k->smap && !k->bmap && bi) {                                                \
@@ -358,16 +352,9 @@ typedef struct chnorm_k {
     }                                                                                        \
     static void stats_##SUF(const T *x, int64_t n, double *mean, double *var)                \
     {                                                                                        \
-        double s = 0, v = 0;                                                                 \
-        for (int64_t j = 0; j < n; j++)                                                      \
-            s += x[j];                                                                       \
-        double m = n ? s / (double)n : 0;                                                    \
-        for (int64_t j = 0; j < n; j++) {                                                    \
-            double d = x[j] - m;                                                             \
-            v += d * d;                                                                      \
-        }                                                                                    \
+        double m = n ? kr_sum_##SUF(x, n) / (double)n : 0;                                   \
         *mean = m;                                                                           \
-        *var = n ? v / (double)n : 0;                                                        \
+        *var = n ? kr_sumsq_dev_##SUF(x, n, m) / (double)n : 0;                              \
     }
 APPLY_FN(float, f32)
 APPLY_FN(double, f64)

@@ -153,16 +153,21 @@ nomem:
  * element-wise into acc[0..n) otherwise. mx: the per-output maxima (LogSumExp). */
 #define FMAX(a, v) (((v) > (a) || (v) != (v)) ? (v) : (a))
 #define FMIN(a, v) (((v) < (a) || (v) != (v)) ? (v) : (a))
-#define FOLD(F, COMB)                                                                  \
+#define FOLD(F, COMB, ID)                                                              \
     do {                                                                               \
         if (red) {                                                                     \
-            double s = acc[0];                                                         \
-            for (int64_t j = 0; j < n; j++) {                                          \
+            double s[4] = {acc[0], ID, ID, ID};                                        \
+            int64_t j = 0;                                                             \
+            for (; j + 4 <= n; j += 4)                                                 \
+                for (int l = 0; l < 4; l++) {                                          \
+                    double v = (double)x[j + l];                                       \
+                    s[l] = COMB(s[l], (F));                                            \
+                }                                                                      \
+            for (; j < n; j++) {                                                       \
                 double v = (double)x[j];                                               \
-                (void)v;                                                               \
-                s = COMB(s, (F));                                                      \
+                s[0] = COMB(s[0], (F));                                                \
             }                                                                          \
-            acc[0] = s;                                                                \
+            acc[0] = COMB(COMB(s[0], s[1]), COMB(s[2], s[3]));                         \
         } else {                                                                       \
             for (int64_t j = 0; j < n; j++) {                                          \
                 double v = (double)x[j];                                               \
@@ -179,12 +184,12 @@ nomem:
                            const double *mx)                                                 \
     {                                                                                        \
         switch (kind) {                                                                      \
-        case KP_R_SUM: case KP_R_MEAN: case KP_R_LOG_SUM: FOLD(v, ADD); break;               \
-        case KP_R_L1: FOLD(fabs(v), ADD); break;                                             \
-        case KP_R_L2: case KP_R_SUM_SQUARE: FOLD(v * v, ADD); break;                         \
-        case KP_R_PROD: FOLD(v, MUL); break;                                                 \
-        case KP_R_MAX: FOLD(v, FMAX); break;                                                 \
-        case KP_R_MIN: FOLD(v, FMIN); break;                                                 \
+        case KP_R_SUM: case KP_R_MEAN: case KP_R_LOG_SUM: FOLD(v, ADD, 0); break;            \
+        case KP_R_L1: FOLD(fabs(v), ADD, 0); break;                                          \
+        case KP_R_L2: case KP_R_SUM_SQUARE: FOLD(v * v, ADD, 0); break;                      \
+        case KP_R_PROD: FOLD(v, MUL, 1); break;                                              \
+        case KP_R_MAX: FOLD(v, FMAX, -INFINITY); break;                                      \
+        case KP_R_MIN: FOLD(v, FMIN, INFINITY); break;                                       \
         case KP_R_LOG_SUM_EXP:                                                               \
             if (red) {                                                                       \
                 double m = isfinite(mx[0]) ? mx[0] : 0, s = acc[0];                          \
@@ -455,26 +460,29 @@ typedef struct cumsum_k {
     int64_t outer, dim, inner;
     const void *x;
     void *y;
+    void *run;              /* inner running sums */
 } cumsum_k;
 
+/* Each X row is read before the Y row at the same place is written, so Y may alias X. */
 #define CUM_FN(T, SUF, PLUS)                                                                 \
     static void cum_##SUF(const cumsum_k *k)                                                 \
     {                                                                                        \
         const int64_t D = k->dim, inner = k->inner;                                          \
+        T *run = k->run;                                                                     \
         for (int64_t o = 0; o < k->outer; o++) {                                             \
             const T *x = (const T *)k->x + o * D * inner;                                    \
             T *y = (T *)k->y + o * D * inner;                                                \
+            for (int64_t j = 0; j < inner; j++)                                              \
+                run[j] = 0;                                                                  \
             for (int64_t t = 0; t < D; t++) {                                                \
-                int64_t a = k->reverse ? D - 1 - t : t, p = k->reverse ? a + 1 : a - 1;      \
+                const int64_t a = k->reverse ? D - 1 - t : t;                                \
+                const T *xr = x + a * inner;                                                 \
                 T *yr = y + a * inner;                                                       \
-                if (t == 0) {                                                                \
-                    for (int64_t j = 0; j < inner; j++)                                      \
-                        yr[j] = k->exclusive ? (T)0 : x[a * inner + j];                      \
-                    continue;                                                                \
+                for (int64_t j = 0; j < inner; j++) {                                        \
+                    const T v = xr[j], s = PLUS(T, run[j], v);                               \
+                    yr[j] = k->exclusive ? run[j] : s;                                       \
+                    run[j] = s;                                                              \
                 }                                                                            \
-                const T *yp = y + p * inner, *xr = x + (k->exclusive ? p : a) * inner;       \
-                for (int64_t j = 0; j < inner; j++)                                          \
-                    yr[j] = PLUS(T, yp[j], xr[j]);                                           \
             }                                                                                \
         }                                                                                    \
     }
@@ -518,11 +526,19 @@ kiln_status kr_check_cumsum(const kr_op *o)
     return KILN_OK;
 }
 
+static void cumsum_destroy(kk_kernel *kk)
+{
+    cumsum_k *k = (cumsum_k *)kk;
+    kiln__free(k->run);
+    kiln__free(k);
+}
+
 kiln_status kr_create_cumsum(const kr_op *o, void *const *ptr, kk_kernel **out)
 {
     cumsum_k *k = kr_kernel_new(o, sizeof *k, cumsum_run);
     if (!k)
         return KILN_ERR_NOMEM;
+    k->base.destroy = cumsum_destroy;
     const kp_value *x = kr_in(o, 0);
     int axis = (int)o->ia[0];
     k->exclusive = o->ia[1] != 0;
@@ -533,6 +549,11 @@ kiln_status kr_create_cumsum(const kr_op *o, void *const *ptr, kk_kernel **out)
     k->inner = kr_prod(x->shape, axis + 1, x->ndim);
     k->x = ptr[o->in[0]];
     k->y = ptr[o->out[0]];
+    k->run = kiln__malloc((size_t)(k->inner ? k->inner : 1) * kr_esize(x->dtype));
+    if (!k->run) {
+        cumsum_destroy(&k->base);
+        return kr_fail(o->p, o->index, KILN_ERR_NOMEM, "out of memory");
+    }
     *out = &k->base;
     return KILN_OK;
 }
