@@ -67,6 +67,10 @@ kiln_status kr_check_values(const kr_op *o)
             return kr_bad(o, "value '%s' has unknown dtype %d", kp_str(o->p, v->name), v->dtype);
         if (v->ndim > KILN_MAX_DIMS || kp_value_numel(v) < 0)
             return kr_bad(o, "value '%s' has a bad shape", kp_str(o->p, v->name));
+        for (int d = 0; d < v->ndim; d++)   /* keeps the kernels' index arithmetic in range */
+            if (v->shape[d] > KR_MAX_EXTENT)
+                return kr_bad(o, "value '%s' has an extent of %lld", kp_str(o->p, v->name),
+                              (long long)v->shape[d]);
     }
     return KILN_OK;
 }

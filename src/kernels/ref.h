@@ -115,8 +115,11 @@ static inline void kr_strides(int nd, const int64_t *shape, int64_t *st)
 KR_SUM_FNS(float, f32)
 KR_SUM_FNS(double, f64)
 
-/* Every value an op touches must be present where required, have a known dtype, a rank
- * the engines take and storage covering its elements. Checked once per op by kr_check. */
+/* Every value an op touches must have a known dtype, a rank of at most KILN_MAX_DIMS and
+ * no extent above KR_MAX_EXTENT; spatial attributes (kernel, stride, dilation, pads) stay
+ * at or below KR_MAX_ATTR. Within these, index arithmetic cannot overflow int64. */
+#define KR_MAX_EXTENT (INT64_C(1) << 40)
+#define KR_MAX_ATTR   (INT64_C(1) << 20)
 KILN_INTERNAL kiln_status kr_check_values(const kr_op *o);
 
 /* f16 / bf16 <-> double, round to nearest even; NaN and infinities kept. */

@@ -122,8 +122,8 @@ static kiln_status geom_check(const kr_op *o, const geom *g)
     for (int i = lead; i < 3; i++) {
         if (g->k[i] < 1 || g->s[i] < 1 || g->d[i] < 1 || g->pb[i] < 0 || g->pe[i] < 0)
             return kr_bad(o, "bad kernel, stride, dilation or pad on spatial axis %d", i - lead);
-        if (g->k[i] > (INT64_MAX >> 24) || g->s[i] > (INT64_MAX >> 24) ||
-            g->d[i] > (INT64_MAX >> 24) || g->pb[i] > (INT64_MAX >> 24) || g->pe[i] > (INT64_MAX >> 24))
+        if (g->k[i] > KR_MAX_EXTENT || g->s[i] > KR_MAX_ATTR || g->d[i] > KR_MAX_ATTR ||
+            g->pb[i] > KR_MAX_ATTR || g->pe[i] > KR_MAX_ATTR)
             return kr_bad(o, "spatial attribute too large on axis %d", i - lead);
     }
     return KILN_OK;
@@ -306,8 +306,8 @@ static kiln_status check_conv_common(const kr_op *o, bool transpose)
         int64_t eff = (g.k[i] - 1) * g.d[i] + 1, want;
         if (transpose) {
             int64_t op_ = o->ia[2 + 4 * nsp + (i - (3 - nsp))];
-            if (op_ < 0)
-                return kr_bad(o, "negative output_padding");
+            if (op_ < 0 || op_ > KR_MAX_ATTR)
+                return kr_bad(o, "output_padding %lld", (long long)op_);
             want = g.s[i] * (g.in[i] - 1) + op_ + eff - g.pb[i] - g.pe[i];
         } else {
             want = floor_div(g.in[i] + g.pb[i] + g.pe[i] - eff, g.s[i]) + 1;
@@ -700,6 +700,9 @@ kiln_status kr_check_pool(const kr_op *o)
     kiln_status s = geom_check(o, &g);
     if (s != KILN_OK)
         return s;
+    for (int i = 0; i < 3; i++)
+        if (g.k[i] > KR_MAX_ATTR)
+            return kr_bad(o, "kernel extent %lld", (long long)g.k[i]);
     for (int i = 3 - (int)nsp; i < 3; i++) {
         int64_t span = g.in[i] + g.pb[i] + g.pe[i] - ((g.k[i] - 1) * g.d[i] + 1);
         int64_t fl = floor_div(span, g.s[i]) + 1, ce = ceil_div(span, g.s[i]) + 1;
@@ -741,16 +744,12 @@ kiln_status kr_create_pool(const kr_op *o, void *const *ptr, kk_kernel **out)
         for (int64_t t = 0; t < g->out[i]; t++) {
             /* window positions start + j*d, j < K; valid inside [0, in); counted with
              * count_include_pad inside [-pb, in + pe) */
-            int64_t start = t * g->s[i] - g->pb[i], lo = 0, hi = g->k[i], n_incl = 0;
-            while (lo < hi && start + lo * g->d[i] < 0)
-                lo++;
-            while (hi > lo && start + (hi - 1) * g->d[i] >= g->in[i])
-                hi--;
-            for (int64_t j = 0; j < g->k[i]; j++) {
-                int64_t pos = start + j * g->d[i];
-                if (pos >= -g->pb[i] && pos < g->in[i] + g->pe[i])
-                    n_incl++;
-            }
+            const int64_t start = t * g->s[i] - g->pb[i], K = g->k[i], d = g->d[i];
+            int64_t lo = ceil_div(-start, d), hi = floor_div(g->in[i] - 1 - start, d) + 1;
+            int64_t n_incl = floor_div(g->in[i] + g->pe[i] - 1 - start, d) + 1;  /* start >= -pb */
+            lo = lo < 0 ? 0 : lo > K ? K : lo;
+            hi = hi < lo ? lo : hi > K ? K : hi;
+            n_incl = n_incl < 0 ? 0 : n_incl > K ? K : n_incl;
             k->klo[i][t] = lo;
             k->khi[i][t] = hi;
             k->cnt[i][t] = n_incl;
