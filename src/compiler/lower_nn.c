@@ -112,24 +112,18 @@ static kiln_status geometry(const kc_ctx *c, const kg_node *n, const kc_val *x,
     return KILN_OK;
 }
 
-/* group, nsp, strides, dilations, pads_begin, pads_end; returns the count written. */
+/* The geometry part of ia: a Conv's "group, nsp, strides, dilations, pads_begin, pads_end"
+ * (group > 0) or a pool's "nsp, kernel, strides, ..." (group 0). Returns the count. */
 static int geom_ia(const geom *g, int64_t group, int64_t *ia)
 {
     int k = 0;
     if (group > 0)
         ia[k++] = group;
     ia[k++] = g->nsp;
-    if (group <= 0)
+    const int64_t *lists[5] = {g->k, g->s, g->d, g->pb, g->pe};
+    for (int l = group > 0; l < 5; l++)
         for (int i = 0; i < g->nsp; i++)
-            ia[k++] = g->k[i];
-    for (int i = 0; i < g->nsp; i++)
-        ia[k++] = g->s[i];
-    for (int i = 0; i < g->nsp; i++)
-        ia[k++] = g->d[i];
-    for (int i = 0; i < g->nsp; i++)
-        ia[k++] = g->pb[i];
-    for (int i = 0; i < g->nsp; i++)
-        ia[k++] = g->pe[i];
+            ia[k++] = lists[l][i];
     return k;
 }
 
@@ -357,6 +351,26 @@ kiln_status kc_lower_matmul(kc_ctx *c, const kg_node *n)
 
 /* ---- pools ---- */
 
+/* Row-major flat indices i = (nc * H + h) * W + w of an N x C x H x W tensor rewritten
+ * column-major per image, nc * H * W + w * H + h (MaxPool's storage_order 1). */
+static kiln_status column_major(kc_ctx *c, const kg_node *n, kc_val *idx, int64_t H, int64_t W)
+{
+    kc_val hw, w_, h_, nc, r, h, w;
+    int64_t v[3] = {H * W, W, H};
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &v[0], &hw));
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &v[1], &w_));
+    KC_TRY(kc_const(c, KILN_I64, 0, NULL, &v[2], &h_));
+    KC_TRY(kc_binary(c, n, KP_B_DIV, idx, &hw, &nc));       /* n * C + c */
+    KC_TRY(kc_binary(c, n, KP_B_MUL, &nc, &hw, &nc));       /* its first index */
+    KC_TRY(kc_binary(c, n, KP_B_SUB, idx, &nc, &r));        /* h * W + w */
+    KC_TRY(kc_binary(c, n, KP_B_DIV, &r, &w_, &h));
+    KC_TRY(kc_binary(c, n, KP_B_MUL, &h, &w_, &w));
+    KC_TRY(kc_binary(c, n, KP_B_SUB, &r, &w, &w));
+    KC_TRY(kc_binary(c, n, KP_B_MUL, &w, &h_, &w));
+    KC_TRY(kc_binary(c, n, KP_B_ADD, &nc, &w, idx));
+    return kc_binary(c, n, KP_B_ADD, idx, &h, idx);
+}
+
 kiln_status kc_lower_pool(kc_ctx *c, const kg_node *n)
 {
     bool is_max = !strcmp(n->op_type, "MaxPool");
@@ -367,11 +381,12 @@ kiln_status kc_lower_pool(kc_ctx *c, const kg_node *n)
     int64_t ceil_mode = kg_attr_int(n, "ceil_mode", 0);
     int64_t cip = is_max ? 0 : kg_attr_int(n, "count_include_pad", 0);
     bool want_idx = is_max && kc_output_wanted(c, n, 1);
-    if (want_idx && kg_attr_int(n, "storage_order", 0) != 0)
-        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "storage_order 1 (column-major indices)");
+    bool col_major = want_idx && kg_attr_int(n, "storage_order", 0) != 0;
+    if (col_major && x.ndim != 4)
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "storage_order 1 on %d-D pooling", x.ndim - 2);
     KC_TRY(geometry(c, n, &x, NULL, ceil_mode != 0, &g));
     int64_t ia[1 + 5 * MAX_SP + 2], shape[KILN_MAX_DIMS] = {x.shape[0], x.shape[1]};
-    int k = geom_ia(&g, 0, ia);
+    int k = geom_ia(&g, 0, ia);          /* a pool's */
     ia[k++] = cip != 0;
     ia[k++] = ceil_mode != 0;
     memcpy(shape + 2, g.out, g.nsp * sizeof *shape);
@@ -383,7 +398,11 @@ kiln_status kc_lower_pool(kc_ctx *c, const kg_node *n)
         return KILN_ERR_NOMEM;
     KC_TRY(kc_emit(c, n, KP_POOL, KP_POOL_MAX, &x.id, 1, out, 2, ia, k, NULL, 0));
     KC_TRY(kc_set_output(c, n, 0, out[0]));
-    return kc_set_output(c, n, 1, out[1]);
+    kc_val idx;
+    kc_snap(c, out[1], &idx);
+    if (col_major)
+        KC_TRY(column_major(c, n, &idx, x.shape[2], x.shape[3]));
+    return kc_out(c, n, 1, &idx);
 }
 
 kiln_status kc_lower_global_pool(kc_ctx *c, const kg_node *n)
