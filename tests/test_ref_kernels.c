@@ -1202,6 +1202,13 @@ static void test_conv_transpose(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         run_conv_case(1, &cases[i]);
+    /* Y wider than the positions inputs reach (output_shape / output_padding): bias only */
+    float x1[3] = {1, 2, 3}, w1[2] = {1, 1}, b1[1] = {0.5f}, y1[6];
+    int vx1 = VAL(KILN_F32, x1, 1, 1, 3), vw1 = VAL(KILN_F32, w1, 1, 1, 2), vb1 = VAL(KILN_F32, b1, 1);
+    int vy1 = VAL(KILN_F32, y1, 1, 1, 6);
+    CHECK_OK(run_op(KP_CONV_TRANSPOSE, 0, IN(vx1, vw1, vb1), IN(vy1), IAS(1, 1, 1, 1, 0, 0, 2, 0), NOFA));
+    float w1y[6] = {1.5f, 3.5f, 5.5f, 3.5f, 0.5f, 0.5f};
+    NEAR(y1, w1y, 6);
 }
 
 static void naive_matmul(const float *a, const float *b, float *y, int64_t M, int64_t K, int64_t N)

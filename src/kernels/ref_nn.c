@@ -302,17 +302,18 @@ static kiln_status check_conv_common(const kr_op *o, bool transpose)
     s = geom_check(o, &g);
     if (s != KILN_OK)
         return s;
+    /* Conv's output extents must follow from the geometry; ConvTranspose's come from Y
+     * (output_shape and output_padding only add positions no input reaches). */
     for (int i = 3 - (int)nsp; i < 3; i++) {
-        int64_t eff = (g.k[i] - 1) * g.d[i] + 1, want;
         if (transpose) {
             int64_t op_ = o->ia[2 + 4 * nsp + (i - (3 - nsp))];
             if (op_ < 0 || op_ > KR_MAX_ATTR)
                 return kr_bad(o, "output_padding %lld", (long long)op_);
-            want = g.s[i] * (g.in[i] - 1) + op_ + eff - g.pb[i] - g.pe[i];
-        } else {
-            want = floor_div(g.in[i] + g.pb[i] + g.pe[i] - eff, g.s[i]) + 1;
+            continue;
         }
-        if (g.out[i] != want || want < 0)
+        int64_t eff = (g.k[i] - 1) * g.d[i] + 1;
+        int64_t want = floor_div(g.in[i] + g.pb[i] + g.pe[i] - eff, g.s[i]) + 1;
+        if (g.out[i] != want)
             return kr_bad(o, "output extent %lld on spatial axis %d, expected %lld",
                           (long long)g.out[i], i - (3 - (int)nsp), (long long)want);
     }
@@ -705,8 +706,10 @@ kiln_status kr_check_pool(const kr_op *o)
             return kr_bad(o, "kernel extent %lld", (long long)g.k[i]);
     for (int i = 3 - (int)nsp; i < 3; i++) {
         int64_t span = g.in[i] + g.pb[i] + g.pe[i] - ((g.k[i] - 1) * g.d[i] + 1);
-        int64_t fl = floor_div(span, g.s[i]) + 1, ce = ceil_div(span, g.s[i]) + 1;
-        if (!(g.out[i] == fl || (ceil_mode && g.out[i] == ce)) || g.out[i] < 0)
+        int64_t fl = floor_div(span, g.s[i]) + 1, ce = ceil_div(span, g.s[i]) + 1, ce2 = ce;
+        if ((ce2 - 1) * g.s[i] >= g.in[i] + g.pb[i])   /* the last window must start inside */
+            ce2--;
+        if (!(g.out[i] == fl || (ceil_mode && (g.out[i] == ce || g.out[i] == ce2))))
             return kr_bad(o, "output extent %lld on spatial axis %d, expected %lld",
                           (long long)g.out[i], i - (3 - (int)nsp), (long long)(ceil_mode ? ce : fl));
     }
