@@ -159,7 +159,7 @@ static bool pow_scalar(const kc_ctx *c, const kg_node *n, const kc_val *a, const
     int cnt;
     if (!kc_is_float(a->dt) || !kc_is_const(c, b->id) || kc_numel(b) != 1 || b->ndim > a->ndim)
         return false;
-    if (kc_const_floats(c, n, b->id, &d, 1, &cnt) != KILN_OK)
+    if (kc_const_floats(c, n, b->id, &d, 1, &cnt) != KILN_OK || (double)(float)d != d)
         return false;
     *e = (float)d;
     return true;
