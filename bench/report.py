@@ -37,8 +37,12 @@ def machine(root):
         pass
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     try:
-        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip() or "?"
+        commit = "`" + (subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip() or "?") + "`"
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no",
+                                "--", "src", "include"], capture_output=True, text=True).stdout.strip()
+        if dirty:
+            commit += " + uncommitted changes in src/"
     except OSError:
         commit = "?"
     try:
@@ -154,6 +158,9 @@ def table(by, m):
     row(f"**forward: kiln / ORT** (target: <= {FORWARD_TARGET:g})",
         lambda n: ratio(get(n, "kiln", "forward_ms", "median"), get(n, "ort", "forward_ms", "median"),
                         FORWARD_TARGET, False))
+    row("forward: kiln / ORT, best against best",
+        lambda n: ratio(get(n, "kiln", "forward_ms", "best"), get(n, "ort", "forward_ms", "best"),
+                        FORWARD_TARGET, False))
 
     def phases(n):
         r = get(n, "kiln", "report")
@@ -179,7 +186,7 @@ def table(by, m):
 
     ort_v = next((get(n, "ort", "ort_version") for n in models if get(n, "ort", "ort_version")), "?")
     head = [
-        f"Measured {m['date']} at kiln commit `{m['commit']}` on **{m['cpu']}** "
+        f"Measured {m['date']} at kiln commit {m['commit']} on **{m['cpu']}** "
         f"({m['cpus']} CPUs visible, {m['isa']}, Linux {m['kernel']}); ONNX Runtime {ort_v} "
         f"(onnxruntime-node, Node {m['node']}). One thread each, both pinned to CPU 0. "
         f"Load average at the end of the run (1 / 5 min): {m['loadavg']} — the machine is "
