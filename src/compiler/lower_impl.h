@@ -129,7 +129,8 @@ KC_LOWER(kc_lower_resize);     /* Resize, Upsample */
 KC_LOWER(kc_lower_trilu);
 KC_LOWER(kc_lower_onehot);
 KC_LOWER(kc_lower_einsum);
-KC_LOWER(kc_lower_scatter_nd);  /* constant inputs only */
+KC_LOWER(kc_lower_scatter_nd);
+KC_LOWER(kc_lower_scatter_elements); /* Scatter, ScatterElements */
 KC_LOWER(kc_lower_gather_elements);
 KC_LOWER(kc_lower_gather_nd);
 

@@ -323,7 +323,8 @@ const kc_op_def kc_op_table[] = {
     {"DepthToSpace", kc_lower_depth_space}, {"SpaceToDepth", kc_lower_depth_space},
     {"Resize", kc_lower_resize}, {"Upsample", kc_lower_resize},
     {"Trilu", kc_lower_trilu}, {"OneHot", kc_lower_onehot}, {"Einsum", kc_lower_einsum},
-    {"ScatterND", kc_lower_scatter_nd}, {"GatherElements", kc_lower_gather_elements},
+    {"ScatterND", kc_lower_scatter_nd}, {"ScatterElements", kc_lower_scatter_elements},
+    {"Scatter", kc_lower_scatter_elements}, {"GatherElements", kc_lower_gather_elements},
     {"GatherND", kc_lower_gather_nd},
     {NULL, NULL},
 };

@@ -3,8 +3,9 @@
  * Slice, Concat, Split, Expand, Tile, Pad, the ReduceX family, ArgMax/ArgMin, CumSum,
  * DepthToSpace/SpaceToDepth, Resize/Upsample; and the ops kiln has no kernel for, built
  * from others: Trilu and OneHot (comparisons and Where), Einsum (reductions, transposes
- * and a batched MatMul), GatherElements/GatherND (a Gather at flat indices) and ScatterND
- * (on constant indices). Every index argument is resolved to constants here.
+ * and a batched MatMul), GatherElements/GatherND (a Gather at flat indices) and
+ * ScatterND/ScatterElements (on constant indices). Every shape argument is resolved to
+ * constants here.
  */
 #include "compiler/lower_impl.h"
 
@@ -878,9 +879,9 @@ static kiln_status const_i64(kc_ctx *c, int ndim, const int64_t *shape, const in
     return kc_const(c, KILN_I64, ndim, shape, data, out);
 }
 
-/* ---- ScatterND: no kernel. Computed here when every input is constant (Swin's attention
- * masks are built so from shapes); with constant indices and no reduction, a Gather of the
- * updates and a Where over run-time data ---- */
+/* ---- ScatterND, ScatterElements: no kernel. With constant indices and no reduction, a
+ * Gather of the updates and a Where over run-time data; ScatterND on all-constant inputs
+ * (Swin's attention masks are built so from shapes) is computed here, reductions too ---- */
 
 #define SCATTER_REDUCE(T)                                                                   \
     do {                                                                                    \
@@ -891,33 +892,28 @@ static kiln_status const_i64(kc_ctx *c, int ndim, const int64_t *shape, const in
                    (d[e] > u[e] ? d[e] : u[e]) : (d[e] < u[e] ? d[e] : u[e]);               \
     } while (0)
 
-/* ScatterND (no reduction) with constant indices over run-time data: the data as rows of
- * `block` elements; y = where(row written, updates gathered at the row's update, data). */
-static kiln_status scatter_rows(kc_ctx *c, const kg_node *n, const kc_val *x, const kc_val *idx,
-                                const kc_val *upd, int k, int64_t block, int64_t nb)
+/* Index i along an axis of extent dim, negative counting from the end; false if outside. */
+static bool index_in(int64_t *i, int64_t dim)
 {
-    int64_t rows = kiln__numel(k, x->shape);
+    if (*i < 0)
+        *i += dim;
+    return *i >= 0 && *i < dim;
+}
+
+/* A scatter without reduction over run-time data: x as `rows` rows of `block` elements,
+ * update row b written to row target[b] (constant). y = where(row written, updates gathered
+ * at the row's (last) update, x). */
+static kiln_status scatter_rows(kc_ctx *c, const kg_node *n, const kc_val *x, const kc_val *upd,
+                                int64_t rows, int64_t block, int64_t nb, const int64_t *target)
+{
     int64_t *map = kiln__calloc((size_t)rows + 1, sizeof *map);
     uint8_t *mask = kiln__calloc((size_t)rows + 1, 1);
-    const void *iv = kc_const_data(c, idx->id);
     kiln_status s = KILN_OK;
     if (!map || !mask)
-        s = kiln__fail(KILN_ERR_NOMEM, "out of memory for ScatterND");
+        s = kiln__fail(KILN_ERR_NOMEM, "out of memory for %s", n->op_type);
     for (int64_t b = 0; b < nb && s == KILN_OK; b++) {
-        int64_t off = 0;
-        for (int j = 0; j < k && s == KILN_OK; j++) {
-            int64_t i = idx->dt == KILN_I64 ? ((const int64_t *)iv)[b * k + j]
-                                            : ((const int32_t *)iv)[b * k + j];
-            if (i < 0)
-                i += x->shape[j];
-            if (i < 0 || i >= x->shape[j])
-                s = kc_fail(c, n, KILN_ERR_SHAPE, "index %lld out of range on axis %d", (long long)i, j);
-            off = off * x->shape[j] + i;
-        }
-        if (s == KILN_OK) {
-            map[off] = b;
-            mask[off] = 1;
-        }
+        map[target[b]] = b;
+        mask[target[b]] = 1;
     }
     kc_val m, mk, u2, x2, g, y;
     int64_t ms[2] = {rows, 1}, us[2] = {nb, block}, xs[2] = {rows, block}, ia = 0;
@@ -936,6 +932,30 @@ static kiln_status scatter_rows(kc_ctx *c, const kg_node *n, const kc_val *x, co
     KC_TRY(kc_emit1(c, n, KP_WHERE, 0, win, 3, x->dt, 2, xs, NULL, 0, NULL, 0, &y));
     KC_TRY(kc_reshape(c, n, &y, x->ndim, x->shape, &y));
     return kc_out(c, n, 0, &y);
+}
+
+/* Element e of a constant integer tensor. */
+static int64_t const_index(const kc_ctx *c, const kc_val *idx, int64_t e)
+{
+    const void *iv = kc_const_data(c, idx->id);
+    return idx->dt == KILN_I64 ? ((const int64_t *)iv)[e] : ((const int32_t *)iv)[e];
+}
+
+/* ScatterND's target rows: row b is the flat index of idx[b, 0..k) over x's first k dims. */
+static kiln_status nd_targets(const kc_ctx *c, const kg_node *n, const kc_val *x,
+                              const kc_val *idx, int k, int64_t nb, int64_t *target)
+{
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t off = 0;
+        for (int j = 0; j < k; j++) {
+            int64_t i = const_index(c, idx, b * k + j);
+            if (!index_in(&i, x->shape[j]))
+                return kc_fail(c, n, KILN_ERR_SHAPE, "index out of range on axis %d", j);
+            off = off * x->shape[j] + i;
+        }
+        target[b] = off;
+    }
+    return KILN_OK;
 }
 
 kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
@@ -967,29 +987,24 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
         return kc_fail(c, n, KILN_ERR_SHAPE, "indices and updates do not fit data");
     size_t es = kiln_dtype_size(x.dt);
     int64_t block = kiln__numel(x.ndim - k, x.shape + k), nb = kiln__numel(idx.ndim - 1, idx.shape);
-    if (!all_const)
-        return scatter_rows(c, n, &x, &idx, &upd, k, block, nb);
-    uint8_t *buf = kiln__malloc((size_t)kc_numel(&x) * es + 1);
-    if (!buf)
-        return kiln__fail(KILN_ERR_NOMEM, "out of memory for ScatterND");
+    int64_t *target = kiln__malloc((size_t)nb * sizeof *target + 1);
+    uint8_t *buf = all_const ? kiln__malloc((size_t)kc_numel(&x) * es + 1) : NULL;
+    kiln_status s = KILN_OK;
+    if (!target || (all_const && !buf))
+        s = kiln__fail(KILN_ERR_NOMEM, "out of memory for ScatterND");
+    if (s == KILN_OK)
+        s = nd_targets(c, n, &x, &idx, k, nb, target);
+    if (s != KILN_OK || !all_const) {
+        if (s == KILN_OK)
+            s = scatter_rows(c, n, &x, &upd, kiln__numel(k, x.shape), block, nb, target);
+        kiln__free(target);
+        kiln__free(buf);
+        return s;
+    }
     memcpy(buf, kc_const_data(c, x.id), (size_t)kc_numel(&x) * es);
-    const void *iv = kc_const_data(c, idx.id);
     const uint8_t *uv = kc_const_data(c, upd.id);
     for (int64_t b = 0; b < nb; b++) {
-        int64_t off = 0;
-        for (int j = 0; j < k; j++) {
-            int64_t i = idx.dt == KILN_I64 ? ((const int64_t *)iv)[b * k + j]
-                                           : ((const int32_t *)iv)[b * k + j];
-            if (i < 0)
-                i += x.shape[j];
-            if (i < 0 || i >= x.shape[j]) {
-                kiln__free(buf);
-                return kc_fail(c, n, KILN_ERR_SHAPE, "index %lld out of range on axis %d",
-                               (long long)i, j);
-            }
-            off = off * x.shape[j] + i;
-        }
-        uint8_t *dst = buf + (size_t)(off * block) * es;
+        uint8_t *dst = buf + (size_t)(target[b] * block) * es;
         const uint8_t *src = uv + (size_t)(b * block) * es;
         if (red == 0)
             memcpy(dst, src, (size_t)block * es);
@@ -1002,10 +1017,60 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
         else
             SCATTER_REDUCE(int64_t);
     }
-    kiln_status s = kc_const(c, x.dt, x.ndim, x.shape, buf, &y);
+    s = kc_const(c, x.dt, x.ndim, x.shape, buf, &y);
     kiln__free(buf);
+    kiln__free(target);
     KC_TRY(s);
     return kc_out(c, n, 0, &y);
+}
+
+/* ScatterElements (and Scatter-9/10) without reduction, constant indices: update e goes to
+ * the position of e with its coordinate on `axis` replaced by indices[e]. */
+kiln_status kc_lower_scatter_elements(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, idx, upd;
+    int axis;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_arg(c, n, 1, &idx));
+    KC_TRY(kc_arg(c, n, 2, &upd));
+    const char *rs = kg_attr_string(n, "reduction", "none");
+    if (strcmp(rs, "none"))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
+    if (!kc_is_const(c, idx.id))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "indices not known at trace time");
+    KC_TRY(kc_check_rank(c, n, &x, "data", 1, KILN_MAX_DIMS));
+    KC_TRY(kc_same_dtype(c, n, &x, &upd));
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
+    if ((idx.dt != KILN_I64 && idx.dt != KILN_I32) || !kc_same_shape(idx.ndim, idx.shape, upd.ndim, upd.shape) ||
+        idx.ndim != x.ndim)
+        return kc_fail(c, n, KILN_ERR_SHAPE, "indices and updates must have data's rank and one shape");
+    for (int d = 0; d < x.ndim; d++)
+        if (d != axis && idx.shape[d] > x.shape[d])
+            return kc_fail(c, n, KILN_ERR_SHAPE, "indices exceed data on axis %d", d);
+    int64_t nb = kc_numel(&idx);
+    int64_t *target = kiln__malloc((size_t)nb * sizeof *target + 1);
+    if (!target)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory for %s", n->op_type);
+    kiln_status s = KILN_OK;
+    for (int64_t e = 0; e < nb && s == KILN_OK; e++) {
+        int64_t rem = e, off = 0, mul = 1;
+        for (int d = x.ndim - 1; d >= 0; d--) {
+            int64_t co = rem % idx.shape[d];
+            rem /= idx.shape[d];
+            if (d == axis) {
+                co = const_index(c, &idx, e);
+                if (!index_in(&co, x.shape[d]))
+                    s = kc_fail(c, n, KILN_ERR_SHAPE, "index out of range on axis %d", d);
+            }
+            off += co * mul;
+            mul *= x.shape[d];
+        }
+        target[e] = off;
+    }
+    if (s == KILN_OK)
+        s = scatter_rows(c, n, &x, &upd, kc_numel(&x), 1, nb, target);
+    kiln__free(target);
+    return s;
 }
 
 /* ---- GatherElements, GatherND: a Gather from the flattened data at flat indices, which
