@@ -18,13 +18,17 @@
 
 enum { TV = 24 };
 
+enum { TOPS = 8 };
+
 typedef struct tp {
     kp_program p;
     kp_value vals[TV];
-    kp_op    op;
-    int32_t  io[TV];
-    int64_t  ia[64];
+    kp_op    ops[TOPS];
+    int32_t  io[4 * TV];
+    int64_t  ia[256];
     float    fa[64];
+    uint32_t outputs[TV];
+    uint64_t arena;         /* next free offset: every value gets its own range */
     uint8_t  blob[4096];
     char     strings[8];
     void    *buf[TV];       /* storage of each value (this test's "arena") */
@@ -44,14 +48,14 @@ static tp *tp_new(void)
 {
     tp *t = calloc(1, sizeof *t);
     t->p.values = t->vals;
-    t->p.ops = &t->op;
+    t->p.ops = t->ops;
+    t->p.outputs = t->outputs;
     t->p.io = t->io;
     t->p.ia = t->ia;
     t->p.fa = t->fa;
     t->p.blob = t->blob;
     t->p.strings = t->strings;
     t->p.n_strings = 1;
-    t->p.n_ops = 1;
     return t;
 }
 
@@ -81,6 +85,10 @@ static int tp_val(tp *t, int kind, int nd, const int64_t *shape)
     memcpy(x->shape, shape, nd * sizeof *shape);
     int64_t n = numel_of(nd, shape);
     x->nbytes = (uint64_t)n * 4;
+    if (kind != KP_VAL_CONST) {
+        x->offset = t->arena;
+        t->arena += kiln__align_up(x->nbytes, KP_ALIGN);
+    }
     t->buf[v] = aligned_alloc(64, (size_t)kiln__align_up(x->nbytes, 64));
     float *f = t->buf[v];
     for (int64_t j = 0; j < n; j++)
@@ -91,28 +99,38 @@ static int tp_val(tp *t, int kind, int nd, const int64_t *shape)
 static int act(tp *t, int nd, const int64_t *s) { return tp_val(t, KP_VAL_ACT, nd, s); }
 static int cst(tp *t, int nd, const int64_t *s) { return tp_val(t, KP_VAL_CONST, nd, s); }
 
+/* Appends an op; the outputs of the first op are the graph's outputs unless the test says
+ * otherwise (tp_outputs). */
 static void tp_op(tp *t, int kind, int sub, const int *in, int n_in, const int *out, int n_out,
                   const int64_t *ia, int n_ia, const float *fa, int n_fa)
 {
-    kp_op *op = &t->op;
+    kp_program *p = &t->p;
+    kp_op *op = &t->ops[p->n_ops++];
     op->kind = (uint16_t)kind;
     op->sub = (uint16_t)sub;
     op->n_in = (uint16_t)n_in;
     op->n_out = (uint16_t)n_out;
-    memcpy(t->io, in, n_in * sizeof *in);
-    memcpy(t->io + n_in, out, n_out * sizeof *out);
-    t->p.n_io = (uint32_t)(n_in + n_out);
+    op->io = p->n_io;
+    op->ia = p->n_ia;
+    op->fa = p->n_fa;
+    memcpy(t->io + p->n_io, in, n_in * sizeof *in);
+    memcpy(t->io + p->n_io + n_in, out, n_out * sizeof *out);
+    p->n_io += (uint32_t)(n_in + n_out);
     if (n_ia)
-        memcpy(t->ia, ia, n_ia * sizeof *ia);
+        memcpy(t->ia + p->n_ia, ia, n_ia * sizeof *ia);
     if (n_fa)
-        memcpy(t->fa, fa, n_fa * sizeof *fa);
+        memcpy(t->fa + p->n_fa, fa, n_fa * sizeof *fa);
     op->n_ia = (uint32_t)n_ia;
     op->n_fa = (uint32_t)n_fa;
-    t->p.n_ia = (uint32_t)n_ia;
-    t->p.n_fa = (uint32_t)n_fa;
+    p->n_ia += (uint32_t)n_ia;
+    p->n_fa += (uint32_t)n_fa;
+    if (p->n_ops == 1)
+        for (int j = 0; j < n_out; j++)
+            if (out[j] >= 0)
+                t->outputs[p->n_outputs++] = (uint32_t)out[j];
 }
 
-static const int32_t *outs(tp *t) { return kp_op_out(&t->p, &t->op); }
+static const int32_t *outs(tp *t) { return kp_op_out(&t->p, &t->ops[0]); }
 
 /* ---- running and comparing ---- */
 
@@ -146,7 +164,7 @@ static double run_compare(tp *t, const char *what, bool via_kk, int alias_sum,
     for (uint32_t v = 0; v < p->n_values; v++)
         pd[v] = pr[v] = t->buf[v];
     const int32_t *out = outs(t);
-    for (int j = 0; j < t->op.n_out; j++) {
+    for (int j = 0; j < t->ops[0].n_out; j++) {
         if (out[j] < 0)
             continue;
         size_t n = (size_t)kiln__align_up(p->values[out[j]].nbytes, 64);
@@ -197,7 +215,7 @@ static double run_compare(tp *t, const char *what, bool via_kk, int alias_sum,
     if (!CHECK_OK(kk_run(kd)))
         goto out;
     worst = 0;
-    for (int j = 0; j < t->op.n_out; j++) {
+    for (int j = 0; j < t->ops[0].n_out; j++) {
         if (!yd[j])
             continue;
         double e = rel_err(yd[j], yr[j], kp_value_numel(&p->values[out[j]]));
@@ -1081,6 +1099,258 @@ static void test_packing_conv(void)
     tp_free(t);
 }
 
+/* ---- programs of several ops: activations kept channels-last between oneDNN kernels ---- */
+
+/* Runs every op of t in order, once through kk_create (oneDNN where it can) and once through
+ * the reference kernels, each on its own buffers for values the ops produce; compares the
+ * graph outputs. alias[v] >= 0: v shares that value's storage in both runs (a free
+ * reshape). dnnl_share[v] >= 0: in the oneDNN run only, v shares that value's buffer (the
+ * planner's in-place choice). Returns the worst relative error; fills dnnl_buf/ref_buf (the
+ * caller frees them) when given. */
+static double run_program(tp *t, const char *what, const int *alias, const int *dnnl_share,
+                          void **dnnl_buf, void **ref_buf)
+{
+    kp_program *p = &t->p;
+    bool prod[TV] = { false };
+    for (uint32_t j = 0; j < p->n_ops; j++) {
+        const int32_t *out = kp_op_out(p, &p->ops[j]);
+        for (int k = 0; k < p->ops[j].n_out; k++)
+            if (out[k] >= 0)
+                prod[out[k]] = true;
+    }
+    void *pd[TV] = { 0 }, *pr[TV] = { 0 }, *own[2 * TV] = { 0 };
+    int nown = 0;
+    for (uint32_t v = 0; v < p->n_values; v++) {
+        pd[v] = pr[v] = t->buf[v];
+        if (prod[v]) {
+            size_t n = (size_t)kiln__align_up(p->values[v].nbytes, 64);
+            pd[v] = own[nown++] = aligned_alloc(64, n);
+            pr[v] = own[nown++] = aligned_alloc(64, n);
+            memset(pd[v], 0x7f, n);
+            memset(pr[v], 0x7f, n);
+        }
+    }
+    for (uint32_t v = 0; v < p->n_values; v++) {
+        if (alias && alias[v] >= 0) {
+            p->values[v].offset = p->values[alias[v]].offset;
+            pd[v] = pd[alias[v]];
+            pr[v] = pr[alias[v]];
+        }
+        if (dnnl_share && dnnl_share[v] >= 0)
+            pd[v] = pd[dnnl_share[v]];
+    }
+    kk_kernel *kd[TOPS] = { 0 }, *kr[TOPS] = { 0 };
+    double worst = INFINITY;
+    for (uint32_t j = 0; j < p->n_ops; j++) {
+        if (!CHECK_OK(kk_create(core, p, j, pd, &kd[j], NULL)) ||
+            !CHECK_OK(kr_create(p, j, pr, &kr[j]))) {
+            fprintf(stderr, "  in %s, op %u\n", what, j);
+            goto out;
+        }
+    }
+    for (int rep = 0; rep < 2; rep++)
+        for (uint32_t j = 0; j < p->n_ops; j++)
+            if (!CHECK_OK(kk_run(kd[j])))
+                goto out;
+    for (uint32_t j = 0; j < p->n_ops; j++)
+        if (!CHECK_OK(kk_run(kr[j])))
+            goto out;
+    worst = 0;
+    for (uint32_t o = 0; o < p->n_outputs; o++) {
+        int v = (int)p->outputs[o];
+        double e = rel_err(pd[v], pr[v], kp_value_numel(&p->values[v]));
+        if (e > worst)
+            worst = e;
+    }
+    if (!CHECK(worst <= 1e-4))
+        fprintf(stderr, "  %s: relative error %g\n", what, worst);
+    else if (getenv("KILN_TEST_VERBOSE"))
+        printf("  %-64s pr %.2e\n", what, worst);
+out:
+    for (uint32_t j = 0; j < p->n_ops; j++) {
+        kk_free(kd[j]);
+        kk_free(kr[j]);
+    }
+    for (uint32_t v = 0; v < p->n_values; v++) {
+        if (dnnl_buf)
+            dnnl_buf[v] = pd[v];
+        if (ref_buf)
+            ref_buf[v] = pr[v];
+    }
+    if (!dnnl_buf)
+        for (int j = 0; j < nown; j++)
+            free(own[j]);
+    return worst;
+}
+
+static int conv_op(tp *t, int x, int o, int k, int s, int p, bool relu, int sum_operand)
+{
+    const kp_value *X = &t->vals[x];
+    int64_t c = X->shape[1], h = X->shape[2], w = X->shape[3];
+    int64_t ws[4] = { o, c, k, k }, bs[1] = { o },
+            ys[4] = { X->shape[0], o, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1 };
+    int in[4] = { x, cst(t, 4, ws), cst(t, 1, bs), sum_operand };
+    float *wf = t->buf[in[1]];   /* keep magnitudes near 1 through the chain */
+    for (int64_t j = 0; j < o * c * k * k; j++)
+        wf[j] *= 1.7f / sqrtf((float)(c * k * k));
+    int y = act(t, 4, ys);
+    int64_t ia[16] = { 1, 2, s, s, 1, 1, p, p, p, p, 0 };
+    float fa[4] = { 0 };
+    int nia = 11, npost = 0;
+    if (sum_operand >= 0) {
+        ia[nia++] = KP_POST_SUM;
+        ia[nia++] = 0;
+        npost++;
+    }
+    if (relu) {
+        ia[nia++] = KP_POST_UNARY;
+        ia[nia++] = KP_U_RELU;
+        npost++;
+    }
+    ia[10] = npost;
+    tp_op(t, KP_CONV, 0, in, sum_operand >= 0 ? 4 : 3, &y, 1, ia, nia, fa, 2 * npost);
+    return y;
+}
+
+static int pool_op(tp *t, int x, int k, int s, int p)
+{
+    const kp_value *X = &t->vals[x];
+    int64_t ys[4] = { X->shape[0], X->shape[1], (X->shape[2] + 2 * p - k) / s + 1,
+                      (X->shape[3] + 2 * p - k) / s + 1 };
+    int y = act(t, 4, ys);
+    int64_t ia[13] = { 2, k, k, s, s, 1, 1, p, p, p, p, 0, 0 };
+    tp_op(t, KP_POOL, KP_POOL_MAX, &x, 1, &y, 1, ia, 13, NULL, 0);
+    return y;
+}
+
+static int gap_op(tp *t, int x)
+{
+    const kp_value *X = &t->vals[x];
+    int64_t ys[4] = { X->shape[0], X->shape[1], 1, 1 };
+    int y = act(t, 4, ys);
+    tp_op(t, KP_GLOBAL_POOL, KP_POOL_AVG, &x, 1, &y, 1, NULL, 0, NULL, 0);
+    return y;
+}
+
+/* nhwc buffer -> nchw, to check how a value was stored */
+static void nhwc_to_nchw(const float *src, float *dst, const kp_value *v)
+{
+    int64_t n = v->shape[0], c = v->shape[1], hw = v->shape[2] * v->shape[3];
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t q = 0; q < hw; q++)
+                dst[(a * c + ch) * hw + q] = src[(a * hw + q) * c + ch];
+}
+
+/* 1 stored nhwc, 0 stored nchw, -1 neither matches the reference */
+static int stored_as(const kp_value *v, const float *d, const float *r)
+{
+    int64_t n = kp_value_numel(v);
+    if (rel_err(d, r, n) <= 1e-4)
+        return 0;
+    float *t = malloc(n * 4);
+    nhwc_to_nchw(d, t, v);
+    int res = rel_err(t, r, n) <= 1e-4 ? 1 : -1;
+    free(t);
+    return res;
+}
+
+/* resnet-like: conv -> maxpool -> conv -> conv(+sum of the pool's output) -> 1x1 conv s2,
+ * and a global pool of the block's output. Intermediates stay nhwc; outputs are dense. */
+static tp *make_chain(int *vals)
+{
+    tp *t = tp_new();
+    int64_t xs[4] = { 2, 16, 20, 20 };
+    int x = tp_val(t, KP_VAL_INPUT, 4, xs);
+    int a = conv_op(t, x, 16, 3, 1, 1, true, -1);
+    int m = pool_op(t, a, 3, 2, 1);
+    int b = conv_op(t, m, 16, 3, 1, 1, true, -1);
+    int c = conv_op(t, b, 16, 3, 1, 1, true, m);
+    int d = conv_op(t, c, 32, 1, 2, 0, false, -1);
+    int g = gap_op(t, c);
+    t->p.n_outputs = 0;
+    t->outputs[t->p.n_outputs++] = (uint32_t)d;
+    t->outputs[t->p.n_outputs++] = (uint32_t)g;
+    int v[7] = { x, a, m, b, c, d, g };
+    memcpy(vals, v, sizeof v);
+    return t;
+}
+
+static void free_bufs(tp *t, void **bd, void **br)
+{
+    for (uint32_t v = 0; v < t->p.n_values; v++) {
+        if (bd[v] != t->buf[v]) {
+            bool dup = false;
+            for (uint32_t u = 0; u < v; u++)
+                dup |= bd[u] == bd[v];
+            if (!dup)
+                free(bd[v]);
+        }
+        if (br[v] != t->buf[v]) {
+            bool dup = false;
+            for (uint32_t u = 0; u < v; u++)
+                dup |= br[u] == br[v];
+            if (!dup)
+                free(br[v]);
+        }
+    }
+}
+
+static void test_chains(void)
+{
+    int v[7];
+    void *bd[TV], *br[TV];
+    int none[TV];
+    for (int j = 0; j < TV; j++)
+        none[j] = -1;
+
+    tp *t = make_chain(v);
+    run_program(t, "conv/pool chain", NULL, NULL, bd, br);
+    /* a, m, b, c only ever meet oneDNN convs and pools: nhwc. Outputs d, g: dense. */
+    static const char *const names[7] = { "x", "a", "m", "b", "c", "d", "g" };
+    static const int want[7] = { 0, 1, 1, 1, 1, 0, 0 };
+    for (int j = 1; j < 7; j++)
+        if (!CHECK(stored_as(&t->vals[v[j]], bd[v[j]], br[v[j]]) == want[j]))
+            fprintf(stderr, "  value %s stored unexpectedly\n", names[j]);
+    free_bufs(t, bd, br);
+
+    /* the sum operand m in c's own buffer (in place, both nhwc) */
+    int share[TV];
+    memcpy(share, none, sizeof share);
+    share[v[4]] = v[2];
+    run_program(t, "conv/pool chain, sum operand in the output's buffer", NULL, share, NULL,
+                NULL);
+    tp_free(t);
+
+    /* c also read by an element-wise op through a reshape (an alias of its storage): c
+     * dense, its producer and readers adapt */
+    t = make_chain(v);
+    int64_t es[2] = { 2, 16 * 10 * 10 };
+    int e = act(t, 2, es), u = act(t, 2, es);
+    float fa[2] = { 0, 0 };
+    tp_op(t, KP_UNARY, KP_U_TANH, &e, 1, &u, 1, NULL, 0, fa, 2);
+    t->outputs[t->p.n_outputs++] = (uint32_t)u;
+    int alias[TV];
+    memcpy(alias, none, sizeof alias);
+    alias[e] = v[4];
+    run_program(t, "conv/pool chain, block output reshaped", alias, NULL, bd, br);
+    CHECK(stored_as(&t->vals[v[4]], bd[v[4]], br[v[4]]) == 0);
+    CHECK(stored_as(&t->vals[v[3]], bd[v[3]], br[v[3]]) == 1);
+    free_bufs(t, bd, br);
+    tp_free(t);
+
+    /* b also read by an element-wise op: b dense; conv c reads it dense, writes nhwc */
+    t = make_chain(v);
+    int w = act(t, 4, t->vals[v[3]].shape);
+    tp_op(t, KP_UNARY, KP_U_SIGMOID, &v[3], 1, &w, 1, NULL, 0, fa, 2);
+    t->outputs[t->p.n_outputs++] = (uint32_t)w;
+    run_program(t, "conv/pool chain, a conv output read by sigmoid", NULL, NULL, bd, br);
+    CHECK(stored_as(&t->vals[v[3]], bd[v[3]], br[v[3]]) == 0);
+    CHECK(stored_as(&t->vals[v[4]], bd[v[4]], br[v[4]]) == 1);
+    free_bufs(t, bd, br);
+    tp_free(t);
+}
+
 static void test_cores(void)
 {
     /* a kernel made on a one-thread core (this thread's team set to 1) */
@@ -1158,6 +1428,7 @@ int main(void)
     test_binary();
     test_packing_matmul();
     test_packing_conv();
+    test_chains();
     test_cores();
     kk_core_free(core);
     return test_done("test_dnnl_kernels");

@@ -126,7 +126,8 @@ typedef struct kd_plan {
     dnnl_alg_kind_t alg;
     float alpha, beta, eps;
     int axis;
-    bool cl;                    /* conv runs channels-last inside the kernel (see plan_conv) */
+    bool cl;                    /* the primitive runs channels-last (see plan_conv) */
+    bool extended;              /* pooling: ceil mode ran windows past pads_end */
     int n_post;
     int n_fused;                /* post-ops fused into the primitive; the rest run as steps */
     kd_post post[KD_MAX_POST];
@@ -524,6 +525,7 @@ static bool plan_pool(const kp_program *p, const kp_op *op, kd_plan *pl, bool gl
             if (r <= e || include_pad)
                 return false;
             pl->pr[d] = r;
+            pl->extended = true;
         }
         pl->kernel[d] = k;
         pl->strides[d] = s;
@@ -705,6 +707,121 @@ bool kd_supports(const kp_program *p, uint32_t i)
 {
     kd_plan pl;
     return plan_op(p, i, &pl);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Activations stored channels-last
+ *
+ * Every activation is dense C order as far as the rest of kiln knows. But an activation
+ * that only oneDNN kernels ever touch may be stored in whatever order they agree on: one
+ * that a convolution or pooling writes and only convolutions and poolings read (as their
+ * input, or as a convolution's sum operand) is stored nhwc, so a chain of them runs with
+ * no reorders between its links. The rule is a function of the program alone, so the
+ * kernel that writes such a value and every kernel that reads it agree without talking.
+ * Graph inputs and outputs, and anything that shares storage with a value no op produces
+ * (a free reshape of it), stay dense.
+ * ------------------------------------------------------------------------------------- */
+
+/* Op j touches value v in a way its oneDNN kernel can do channels-last. */
+static bool cl_role(const kp_program *p, uint32_t j, int v, bool producer)
+{
+    const kp_op *op = &p->ops[j];
+    if (op->kind != KP_CONV && op->kind != KP_POOL && op->kind != KP_GLOBAL_POOL)
+        return false;
+    kd_plan pl;
+    if (!plan_op(p, j, &pl) || pl.extended)
+        return false;
+    if (producer)
+        return pl.y == v;
+    if (pl.x == v)
+        return true;
+    for (int k = 0; k < pl.n_post; k++)
+        if (pl.post[k].type == KP_POST_SUM && pl.post[k].operand == v)
+            return true;
+    return false;
+}
+
+/* The op that produces v, or -1. */
+static int producer_of(const kp_program *p, int v)
+{
+    for (uint32_t j = 0; j < p->n_ops; j++) {
+        const int32_t *out = kp_op_out(p, &p->ops[j]);
+        for (int k = 0; k < p->ops[j].n_out; k++)
+            if (out[k] == v)
+                return (int)j;
+    }
+    return -1;
+}
+
+/* The first op that reads v, or -1. */
+static int first_reader(const kp_program *p, int v)
+{
+    for (uint32_t j = 0; j < p->n_ops; j++) {
+        const int32_t *in = kp_op_in(p, &p->ops[j]);
+        for (int k = 0; k < p->ops[j].n_in; k++)
+            if (in[k] == v)
+                return (int)j;
+    }
+    return -1;
+}
+
+static bool ranges_meet(const kp_value *a, const kp_value *b)
+{
+    return a->offset < b->offset + b->nbytes && b->offset < a->offset + a->nbytes;
+}
+
+/* Whether some value no op produces (a free reshape) reads v's data: one whose storage
+ * meets v's and that is first read after v is written, with no other write to that
+ * storage in between (the arena reuses storage, so meeting alone proves nothing). */
+static bool aliased(const kp_program *p, int v, int pv)
+{
+    const kp_value *x = &p->values[v];
+    for (uint32_t u = 0; u < p->n_values; u++) {
+        const kp_value *w = &p->values[u];
+        if ((int)u == v || w->kind != KP_VAL_ACT || !ranges_meet(w, x) ||
+            producer_of(p, (int)u) >= 0)
+            continue;
+        int cw = first_reader(p, (int)u);
+        if (cw <= pv)
+            continue;   /* never read, or read before v exists */
+        bool rewritten = false;
+        for (uint32_t t = 0; t < p->n_values && !rewritten; t++) {
+            if ((int)t == v || !ranges_meet(&p->values[t], w))
+                continue;
+            int pt = producer_of(p, (int)t);
+            rewritten = pt > pv && pt < cw;
+        }
+        if (!rewritten)
+            return true;
+    }
+    return false;
+}
+
+static bool act_cl(const kp_program *p, int v)
+{
+    if (v < 0 || (uint32_t)v >= p->n_values)
+        return false;
+    const kp_value *x = &p->values[v];
+    if (x->kind != KP_VAL_ACT || x->dtype != KILN_F32 || x->ndim < 3 || x->ndim > 5 ||
+        x->n_layout)
+        return false;
+    for (uint32_t j = 0; j < p->n_outputs; j++)
+        if (p->outputs[j] == (uint32_t)v)
+            return false;
+    int producers = 0;
+    for (uint32_t j = 0; j < p->n_ops; j++) {
+        const kp_op *op = &p->ops[j];
+        const int32_t *in = kp_op_in(p, op), *out = kp_op_out(p, op);
+        for (int k = 0; k < op->n_out; k++)
+            if (out[k] == v && (++producers > 1 || !cl_role(p, j, v, true)))
+                return false;
+        for (int k = 0; k < op->n_in; k++)
+            if (in[k] == v && !cl_role(p, j, v, false))
+                return false;
+    }
+    if (producers != 1)
+        return false;
+    return !aliased(p, v, producer_of(p, v));
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -983,6 +1100,20 @@ static dnnl_status_t reorder(dnnl_stream_t s, const dnnl_memory_desc_t *smd, con
  * Primitive descriptors from plans
  * ------------------------------------------------------------------------------------- */
 
+/* Whether the operand of post-op j is described channels-last: a sum operand as it is
+ * stored (sum_cl); a binary one that does not vary over space reads the same either way,
+ * so it matches dst's order. */
+static bool operand_cl(const kd_plan *pl, int j, bool dst_cl, bool sum_cl)
+{
+    const kd_post *q = &pl->post[j];
+    if (q->type == KP_POST_SUM)
+        return sum_cl;
+    for (int d = 2; d < pl->nd; d++)
+        if (q->dims[d] != 1)
+            return false;
+    return dst_cl;
+}
+
 /* Attributes: user scratchpad plus the op's post-ops. */
 static dnnl_status_t make_attr(const kd_plan *pl, dnnl_primitive_attr_t *out)
 {
@@ -1001,7 +1132,10 @@ static dnnl_status_t make_attr(const kd_plan *pl, dnnl_primitive_attr_t *out)
                 s = dnnl_post_ops_append_sum(po, 1.f);
             } else {
                 dnnl_memory_desc_t md;
-                md_plain(&md, pl->nd, q->dims);
+                if (operand_cl(pl, j, pl->cl, false))
+                    md_cl(&md, pl->nd, q->dims);
+                else
+                    md_plain(&md, pl->nd, q->dims);
                 s = dnnl_post_ops_append_binary(po, q->alg, &md);
             }
         }
@@ -1410,9 +1544,9 @@ static dnnl_status_t choose_pd(kd_plan *pl, const kp_program *p, dnnl_engine_t e
     return s;
 }
 
-/* A separate step for post-op j (not fused): in place on the dense destination. */
-static dnnl_status_t post_step_pd(const kd_plan *pl, int j, dnnl_engine_t e,
-                                  dnnl_primitive_desc_t *pd)
+/* A separate step for post-op j (not fused): in place on the destination as stored. */
+static dnnl_status_t post_step_pd(const kd_plan *pl, int j, bool dst_cl, bool src1_cl,
+                                  dnnl_engine_t e, dnnl_primitive_desc_t *pd)
 {
     const kd_post *q = &pl->post[j];
     dnnl_primitive_attr_t attr;
@@ -1421,7 +1555,10 @@ static dnnl_status_t post_step_pd(const kd_plan *pl, int j, dnnl_engine_t e,
         return s;
     s = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
     dnnl_memory_desc_t dst, src1;
-    md_plain(&dst, pl->nd, pl->dst);
+    if (dst_cl)
+        md_cl(&dst, pl->nd, pl->dst);
+    else
+        md_plain(&dst, pl->nd, pl->dst);
     if (s == dnnl_success && q->type == KP_POST_UNARY) {
         dnnl_eltwise_desc_t d;
         s = dnnl_eltwise_forward_desc_init(&d, dnnl_forward_inference, q->alg, &dst, q->alpha,
@@ -1430,7 +1567,10 @@ static dnnl_status_t post_step_pd(const kd_plan *pl, int j, dnnl_engine_t e,
             s = dnnl_primitive_desc_create(pd, &d, attr, e, NULL);
     } else if (s == dnnl_success) {
         dnnl_binary_desc_t d;
-        md_plain(&src1, pl->nd, q->dims);
+        if (operand_cl(pl, j, dst_cl, src1_cl))
+            md_cl(&src1, pl->nd, q->dims);
+        else
+            md_plain(&src1, pl->nd, q->dims);
         s = dnnl_binary_desc_init(&d, q->type == KP_POST_SUM ? dnnl_binary_add : q->alg, &dst,
                                   &src1, &dst);
         if (s == dnnl_success)
@@ -1438,6 +1578,14 @@ static dnnl_status_t post_step_pd(const kd_plan *pl, int j, dnnl_engine_t e,
     }
     dnnl_primitive_attr_destroy(attr);
     return s;
+}
+
+static void md_layout(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims, bool cl)
+{
+    if (cl)
+        md_cl(md, nd, dims);
+    else
+        md_plain(md, nd, dims);
 }
 
 kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *ptr,
@@ -1449,15 +1597,28 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     if (!plan_op(p, i, &pl))
         return kiln__fail(KILN_ERR_UNSUPPORTED, "op %u '%s': not a oneDNN op", i,
                           p && i < p->n_ops ? kp_str(p, p->ops[i].name) : "");
+    /* How X, Y and sum operands are stored (see act_cl). A kernel that touches a value
+     * stored channels-last must not hand the op to the reference kernels (they read dense
+     * C order): it fails instead of declining. */
+    bool spatial = pl.kind == KP_CONV || pl.kind == KP_POOL || pl.kind == KP_GLOBAL_POOL;
+    bool xs_cl = spatial && act_cl(p, pl.x), ys_cl = spatial && act_cl(p, pl.y), touches = false;
+    bool op_cl[KD_MAX_POST] = { false };
+    for (int j = 0; j < pl.n_post; j++)
+        if (pl.post[j].type == KP_POST_SUM && spatial)
+            touches |= op_cl[j] = act_cl(p, pl.post[j].operand);
+    touches |= xs_cl || ys_cl;
+    const kiln_status decline = touches ? KILN_ERR_INTERNAL : KILN_ERR_UNSUPPORTED;
+    if (pl.kind == KP_POOL || pl.kind == KP_GLOBAL_POOL)
+        pl.cl = xs_cl || ys_cl;
     if (!aliasing_ok(p, &pl, ptr))
-        return kiln__fail(KILN_ERR_UNSUPPORTED, "op %u '%s': buffers overlap in a way oneDNN "
-                          "cannot run", i, kp_str(p, p->ops[i].name));
+        return kiln__fail(decline, "op %u '%s': buffers overlap in a way oneDNN cannot run", i,
+                          kp_str(p, p->ops[i].name));
     kd_core *core = c->dnnl;
     kiln_status st = KILN_OK;
     dnnl_engine_t e = NULL;
     if ((st = get_engine(&e)))
         return st;
-    /* pds: [0] the op, [1] reorder in, [2] reorder out, [3] sum operand reorder,
+    /* pds: [0] the op, [1] reorder of X, [2] reorder of Y, [3] sum operand into dst,
      * [4 + j] unfused post-op j */
     dnnl_primitive_desc_t pds[4 + KD_MAX_POST] = { NULL };
     uint64_t ncopied = 0;
@@ -1474,91 +1635,103 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     k->base.op = i;
     k->core = core;
 
-    DNNL_TRY(choose_pd(&pl, p, e, &pds[0]), "primitive descriptor");
+    dnnl_status_t s = choose_pd(&pl, p, e, &pds[0]);
+    if (s != dnnl_success) {
+        st = dfail(s, p, i, "primitive descriptor");
+        if (st == KILN_ERR_UNSUPPORTED)
+            st = decline;
+        goto done;
+    }
     /* a fused sum takes its operand in dst before the primitive runs; an unfused one is an
      * add after it, so its operand must not live in dst (overwritten by then) */
     int fused_sum = -1;
+    bool fs_cl = false;
     for (int j = 0; j < pl.n_post; j++) {
         const kd_post *q = &pl.post[j];
-        if (q->type == KP_POST_SUM && j < pl.n_fused)
+        if (q->type == KP_POST_SUM && j < pl.n_fused) {
             fused_sum = q->operand;
-        else if (q->operand >= 0 && j >= pl.n_fused && ptr[q->operand] == ptr[pl.y]) {
-            st = kiln__fail(KILN_ERR_UNSUPPORTED, "op %u '%s': post-op operand in the output's "
-                            "buffer", i, kp_str(p, p->ops[i].name));
+            fs_cl = op_cl[j];
+        } else if (q->operand >= 0 && j >= pl.n_fused && ptr[q->operand] == ptr[pl.y]) {
+            st = kiln__fail(decline, "op %u '%s': post-op operand in the output's buffer", i,
+                            kp_str(p, p->ops[i].name));
             goto done;
         }
     }
-    dnnl_memory_desc_t md, src_cl, dst_cl, src_pl, dst_pl;
-    md_plain(&src_pl, pl.nd, pl.src);
-    md_plain(&dst_pl, pl.nd, pl.dst);
-    if (pl.cl) {
-        md_cl(&src_cl, pl.nd, pl.src);
-        md_cl(&dst_cl, pl.nd, pl.dst);
-        DNNL_TRY(reorder_pd(&src_pl, &src_cl, &pds[1]), "reorder to nhwc");
-        DNNL_TRY(reorder_pd(&dst_cl, &dst_pl, &pds[2]), "reorder from nhwc");
-        if (fused_sum >= 0)
-            DNNL_TRY(reorder_pd(&dst_pl, &dst_cl, &pds[3]), "reorder to nhwc");
+    /* X and Y as stored and as the primitive takes them; where they differ, the primitive
+     * works on a copy in the core's scratch and a reorder step converts */
+    dnnl_memory_desc_t md, x_st, x_p, y_st, y_p;
+    md_layout(&x_st, pl.nd, pl.src, xs_cl);
+    md_layout(&x_p, pl.nd, pl.src, pl.cl);
+    md_layout(&y_st, pl.nd, pl.dst, ys_cl);
+    md_layout(&y_p, pl.nd, pl.dst, pl.cl);
+    bool x_re = xs_cl != pl.cl, y_re = ys_cl != pl.cl;
+    if (fused_sum >= 0 && ptr[fused_sum] == ptr[pl.y] && fs_cl != pl.cl)
+        y_re = true;   /* operand in dst's buffer but in another order: convert via scratch */
+    if (x_re)
+        DNNL_TRY(reorder_pd(&x_st, &x_p, &pds[1]), "reorder of the input");
+    if (y_re)
+        DNNL_TRY(reorder_pd(&y_p, &y_st, &pds[2]), "reorder of the output");
+    bool sum_in_place = fused_sum >= 0 && !y_re && ptr[fused_sum] == ptr[pl.y];
+    bool sum_move = fused_sum >= 0 && !y_re && !sum_in_place && fs_cl == pl.cl;
+    dnnl_memory_desc_t s_st;
+    if (fused_sum >= 0 && !sum_in_place && !sum_move) {
+        md_layout(&s_st, pl.nd, pl.dst, fs_cl);
+        DNNL_TRY(reorder_pd(&s_st, &y_p, &pds[3]), "reorder of the sum operand");
     }
     for (int j = pl.n_fused; j < pl.n_post; j++)
-        DNNL_TRY(post_step_pd(&pl, j, e, &pds[4 + j]), "post-op step");
+        DNNL_TRY(post_step_pd(&pl, j, ys_cl, pl.post[j].type == KP_POST_SUM && op_cl[j], e,
+                              &pds[4 + j]), "post-op step");
 
     /* Scratch layout: [0, sp) every step's scratchpad (steps run one after another);
-     * channels-last: then src and dst in nhwc order. */
-    size_t sp = 0, off_src = 0, off_dst = 0, need;
+     * then X and Y as the primitive takes them when they need converting. */
+    size_t sp = 0, off_x = 0, off_y = 0, need;
     for (int j = 0; j < 4 + KD_MAX_POST; j++)
         if (pds[j] && scratch_size(pds[j]) > sp)
             sp = scratch_size(pds[j]);
-    need = sp;
-    if (pl.cl) {
-        off_src = (size_t)kiln__align_up(sp, 4096);
-        off_dst = off_src + (size_t)kiln__align_up(val_bytes(p, pl.x), 4096);
-        need = off_dst + val_bytes(p, pl.y);
-    }
+    need = off_x = off_y = (size_t)kiln__align_up(sp, 4096);
+    if (x_re)
+        need = off_y = off_x + (size_t)kiln__align_up(val_bytes(p, pl.x), 4096);
+    if (y_re)
+        need = off_y + val_bytes(p, pl.y);
     if ((st = core_scratch(core, need)))
         goto done;
     k->scratch_need = need;
     k->scratch_seen = core->scratch;
 
     kd_step *main, *r;
-    dnnl_status_t s = dnnl_success;
-    dnnl_memory_t ydense = NULL;   /* the op's output as the rest of kiln sees it */
-    if (pl.cl) {
-        /* reorder in [, sum operand into dst], conv, reorder out */
-        dnnl_memory_t xs = new_mem(k, &src_pl, ptr[pl.x], &s), xc = NULL, yc = NULL;
-        if (xs) xc = bound_mem(k, &src_cl, off_src, &s);
-        if (s == dnnl_success) yc = bound_mem(k, &dst_cl, off_dst, &s);
-        if (s == dnnl_success) ydense = new_mem(k, &dst_pl, ptr[pl.y], &s);
-        DNNL_TRY(s, "memory");
+    dnnl_memory_t xm = NULL, xp = NULL, ym = NULL, yp = NULL;   /* stored / primitive's */
+    xm = new_mem(k, &x_st, ptr[pl.x], &s);
+    if (s == dnnl_success)
+        ym = new_mem(k, &y_st, ptr[pl.y], &s);
+    if (s == dnnl_success)
+        xp = x_re ? bound_mem(k, &x_p, off_x, &s) : xm;
+    if (s == dnnl_success)
+        yp = y_re ? bound_mem(k, &y_p, off_y, &s) : ym;
+    DNNL_TRY(s, "memory");
+    if (x_re) {
         r = &k->steps[k->nsteps++];
-        step_arg(r, DNNL_ARG_FROM, xs);
-        step_arg(r, DNNL_ARG_TO, xc);
+        step_arg(r, DNNL_ARG_FROM, xm);
+        step_arg(r, DNNL_ARG_TO, xp);
         DNNL_TRY(finish_step(k, r, pds[1]), "reorder");
-        if (pds[3]) {
-            dnnl_memory_t so = new_mem(k, &dst_pl, ptr[fused_sum], &s);
-            DNNL_TRY(s, "memory");
-            r = &k->steps[k->nsteps++];
-            step_arg(r, DNNL_ARG_FROM, so);
-            step_arg(r, DNNL_ARG_TO, yc);
-            DNNL_TRY(finish_step(k, r, pds[3]), "reorder");
-        }
-        main = &k->steps[k->nsteps++];
-        step_arg(main, DNNL_ARG_SRC, xc);
-        step_arg(main, DNNL_ARG_DST, yc);
+    }
+    if (pds[3]) {
         r = &k->steps[k->nsteps++];
-        step_arg(r, DNNL_ARG_FROM, yc);
-        step_arg(r, DNNL_ARG_TO, ydense);
+        DNNL_TRY(add_arg(k, r, DNNL_ARG_FROM, &s_st, ptr[fused_sum]), "memory");
+        step_arg(r, DNNL_ARG_TO, yp);
+        DNNL_TRY(finish_step(k, r, pds[3]), "reorder");
+    } else if (sum_move) {
+        k->sum_src = ptr[fused_sum];
+        k->sum_dst = ptr[pl.y];
+        k->sum_bytes = val_bytes(p, pl.y);
+    }
+    main = &k->steps[k->nsteps++];
+    step_arg(main, pl.kind == KP_BINARY ? DNNL_ARG_SRC_0 : DNNL_ARG_SRC, xp);
+    step_arg(main, DNNL_ARG_DST, yp);
+    if (y_re) {
+        r = &k->steps[k->nsteps++];
+        step_arg(r, DNNL_ARG_FROM, yp);
+        step_arg(r, DNNL_ARG_TO, ym);
         DNNL_TRY(finish_step(k, r, pds[2]), "reorder");
-    } else {
-        main = &k->steps[k->nsteps++];
-        DNNL_TRY(add_arg(k, main, DNNL_ARG_SRC, &src_pl, ptr[pl.x]), "memory");
-        ydense = new_mem(k, &dst_pl, ptr[pl.y], &s);
-        DNNL_TRY(s, "memory");
-        step_arg(main, DNNL_ARG_DST, ydense);
-        if (fused_sum >= 0 && ptr[fused_sum] != ptr[pl.y]) {
-            k->sum_src = ptr[fused_sum];
-            k->sum_dst = ptr[pl.y];
-            k->sum_bytes = val_bytes(p, pl.y);
-        }
     }
     switch (pl.kind) {
     case KP_CONV:
@@ -1573,7 +1746,7 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
         for (int j = 0; j < pl.n_fused; j++) {
             const kd_post *q = &pl.post[j];
             if (q->type == KP_POST_BINARY) {
-                md_plain(&md, pl.nd, q->dims);
+                md_layout(&md, pl.nd, q->dims, operand_cl(&pl, j, pl.cl, false));
                 DNNL_TRY(add_arg(k, main, DNNL_ARG_ATTR_MULTIPLE_POST_OP(j) | DNNL_ARG_SRC_1, &md,
                                  ptr[q->operand]), "memory");
             }
@@ -1605,18 +1778,18 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
     }
     DNNL_TRY(finish_step(k, main, pds[0]), "primitive");
 
-    /* unfused post-ops, in place on the dense output */
+    /* unfused post-ops, in place on the output as stored */
     for (int j = pl.n_fused; j < pl.n_post; j++) {
         const kd_post *q = &pl.post[j];
         r = &k->steps[k->nsteps++];
         if (q->type == KP_POST_UNARY) {
-            step_arg(r, DNNL_ARG_SRC, ydense);
-            step_arg(r, DNNL_ARG_DST, ydense);
+            step_arg(r, DNNL_ARG_SRC, ym);
+            step_arg(r, DNNL_ARG_DST, ym);
         } else {
-            step_arg(r, DNNL_ARG_SRC_0, ydense);
-            md_plain(&md, pl.nd, q->dims);
+            step_arg(r, DNNL_ARG_SRC_0, ym);
+            md_layout(&md, pl.nd, q->dims, operand_cl(&pl, j, ys_cl, op_cl[j]));
             DNNL_TRY(add_arg(k, r, DNNL_ARG_SRC_1, &md, ptr[q->operand]), "memory");
-            step_arg(r, DNNL_ARG_DST, ydense);
+            step_arg(r, DNNL_ARG_DST, ym);
         }
         DNNL_TRY(finish_step(k, r, pds[4 + j]), "post-op step");
     }
