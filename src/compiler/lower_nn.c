@@ -243,9 +243,12 @@ static kiln_status transpose2d(kc_ctx *c, const kg_node *n, kc_val *x)
         if (!dst)
             return kiln__fail(KILN_ERR_NOMEM, "out of memory transposing %lldx%lld",
                               (long long)r, (long long)cols);
-        for (size_t i = 0; i < r; i++)
-            for (size_t j = 0; j < cols; j++)
-                memcpy(dst + (j * r + i) * es, src + (i * cols + j) * es, es);
+        enum { T = 32 };                            /* tiles keep both sides in cache */
+        for (size_t i0 = 0; i0 < r; i0 += T)
+            for (size_t j0 = 0; j0 < cols; j0 += T)
+                for (size_t i = i0; i < i0 + T && i < r; i++)
+                    for (size_t j = j0; j < j0 + T && j < cols; j++)
+                        memcpy(dst + (j * r + i) * es, src + (i * cols + j) * es, es);
         kiln_status s = kc_const(c, x->dt, 2, shape, dst, x);
         kiln__free(dst);
         return s;
