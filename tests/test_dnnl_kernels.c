@@ -1339,6 +1339,29 @@ static void test_chains(void)
     free_bufs(t, bd, br);
     tp_free(t);
 
+    /* c also a graph output through a reshape no op reads: c dense */
+    t = make_chain(v);
+    e = act(t, 2, es);
+    t->outputs[t->p.n_outputs++] = (uint32_t)e;
+    memcpy(alias, none, sizeof alias);
+    alias[e] = v[4];
+    run_program(t, "conv/pool chain, block output reshaped into a graph output", alias, NULL,
+                bd, br);
+    CHECK(stored_as(&t->vals[v[4]], bd[v[4]], br[v[4]]) == 0);
+    CHECK(rel_err(bd[e], br[e], kp_value_numel(&t->vals[e])) <= 1e-4);
+    free_bufs(t, bd, br);
+    tp_free(t);
+
+    /* a conv being folded at trace time: its result has no readers and is no graph output
+     * yet, and the compiler reads it dense */
+    t = make_chain(v);
+    t->p.n_ops = 1;
+    t->p.n_outputs = 0;
+    run_program(t, "conv with nothing reading its output", NULL, NULL, bd, br);
+    CHECK(stored_as(&t->vals[v[1]], bd[v[1]], br[v[1]]) == 0);
+    free_bufs(t, bd, br);
+    tp_free(t);
+
     /* b also read by an element-wise op: b dense; conv c reads it dense, writes nhwc */
     t = make_chain(v);
     int w = act(t, 4, t->vals[v[3]].shape);

@@ -718,8 +718,10 @@ bool kd_supports(const kp_program *p, uint32_t i)
  * input, or as a convolution's sum operand) is stored nhwc, so a chain of them runs with
  * no reorders between its links. The rule is a function of the program alone, so the
  * kernel that writes such a value and every kernel that reads it agree without talking.
- * Graph inputs and outputs, and anything that shares storage with a value no op produces
- * (a free reshape of it), stay dense.
+ * Graph inputs and outputs, values nothing reads (a result being folded at trace time),
+ * and values a free reshape (a value no op produces, sharing the storage) reads, stay
+ * dense. A kernel that touches an nhwc value never declines to the reference kernels: it
+ * reorders around whatever primitive it gets, or fails (KILN_ERR_INTERNAL).
  * ------------------------------------------------------------------------------------- */
 
 /* Op j touches value v in a way its oneDNN kernel can do channels-last. */
@@ -771,8 +773,9 @@ static bool ranges_meet(const kp_value *a, const kp_value *b)
 }
 
 /* Whether some value no op produces (a free reshape) reads v's data: one whose storage
- * meets v's and that is first read after v is written, with no other write to that
- * storage in between (the arena reuses storage, so meeting alone proves nothing). */
+ * meets v's and that is first read (by an op, or as a graph output after the last op)
+ * after v is written, with no other write to that storage in between (the arena reuses
+ * storage, so meeting alone proves nothing). */
 static bool aliased(const kp_program *p, int v, int pv)
 {
     const kp_value *x = &p->values[v];
@@ -782,6 +785,9 @@ static bool aliased(const kp_program *p, int v, int pv)
             producer_of(p, (int)u) >= 0)
             continue;
         int cw = first_reader(p, (int)u);
+        for (uint32_t j = 0; j < p->n_outputs && cw < 0; j++)
+            if (p->outputs[j] == u)
+                cw = (int)p->n_ops;   /* a graph output: read after the last op */
         if (cw <= pv)
             continue;   /* never read, or read before v exists */
         bool rewritten = false;
@@ -808,7 +814,7 @@ static bool act_cl(const kp_program *p, int v)
     for (uint32_t j = 0; j < p->n_outputs; j++)
         if (p->outputs[j] == (uint32_t)v)
             return false;
-    int producers = 0;
+    int producers = 0, readers = 0;
     for (uint32_t j = 0; j < p->n_ops; j++) {
         const kp_op *op = &p->ops[j];
         const int32_t *in = kp_op_in(p, op), *out = kp_op_out(p, op);
@@ -816,10 +822,12 @@ static bool act_cl(const kp_program *p, int v)
             if (out[k] == v && (++producers > 1 || !cl_role(p, j, v, true)))
                 return false;
         for (int k = 0; k < op->n_in; k++)
-            if (in[k] == v && !cl_role(p, j, v, false))
+            if (in[k] == v && (++readers, !cl_role(p, j, v, false)))
                 return false;
     }
-    if (producers != 1)
+    /* unread: dense (an op being folded at trace time has no readers yet, and the
+     * compiler reads its result) */
+    if (producers != 1 || readers == 0)
         return false;
     return !aliased(p, v, producer_of(p, v));
 }
