@@ -129,6 +129,8 @@ kiln_status kc_lower_clip(kc_ctx *c, const kg_node *n)
     KC_TRY(kc_arg(c, n, 0, &x));
     KC_TRY(clip_bound(c, n, 1, "min", &lo));
     KC_TRY(clip_bound(c, n, 2, "max", &hi));
+    if (!kc_float_exact(x.dt, lo) || !kc_float_exact(x.dt, hi))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "bounds %g, %g not exact as floats", lo, hi);
     KC_TRY(kc_unary(c, n, KP_U_CLIP, &x, (float)lo, (float)hi, &y));
     return kc_out(c, n, 0, &y);
 }
@@ -205,7 +207,7 @@ kiln_status kc_lower_binary(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
-/* Max, Min, Sum, Mean: a chain of binary ops (Mean then scales by 1/count). */
+/* Max, Min, Sum, Mean: a chain of binary ops (Mean then divides by the count). */
 kiln_status kc_lower_variadic(kc_ctx *c, const kg_node *n)
 {
     int alg = binary_alg(n);
@@ -218,9 +220,14 @@ kiln_status kc_lower_variadic(kc_ctx *c, const kg_node *n)
         KC_TRY(kc_binary(c, n, alg, &acc, &x, &acc));
     }
     if (!strcmp(n->op_type, "Mean") && n->n_in > 1) {
+        kc_val cnt;
+        float f = (float)n->n_in;
         if (!kc_is_float(acc.dt))
             return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "dtype %s", kiln_dtype_name(acc.dt));
-        KC_TRY(kc_unary(c, n, KP_U_LINEAR, &acc, 1.0f / (float)n->n_in, 0, &acc));
+        KC_TRY(kc_const(c, KILN_F32, 0, NULL, &f, &cnt));
+        if (acc.dt != KILN_F32)                 /* folded: the count in acc's dtype */
+            KC_TRY(kc_emit1(c, n, KP_CAST, 0, &cnt.id, 1, acc.dt, 0, NULL, NULL, 0, NULL, 0, &cnt));
+        KC_TRY(kc_binary(c, n, KP_B_DIV, &acc, &cnt, &acc));
     }
     return kc_out(c, n, 0, &acc);
 }

@@ -32,6 +32,9 @@ KILN_INTERNAL kiln_status kc_check_rank(const kc_ctx *c, const kg_node *n, const
 KILN_INTERNAL kiln_status kc_same_dtype(const kc_ctx *c, const kg_node *n, const kc_val *a,
                                         const kc_val *b);
 KILN_INTERNAL bool kc_is_float(kiln_dtype t);
+/* Whether v, passed to a kernel as a float attribute, keeps its value for dtype t
+ * (integer dtypes need v exact in float; infinities are fine). */
+KILN_INTERNAL bool kc_float_exact(kiln_dtype t, double v);
 KILN_INTERNAL bool kc_same_shape(int na, const int64_t *a, int nb, const int64_t *b);
 
 /* ---- attributes ---- */

@@ -5,6 +5,7 @@
  */
 #include "compiler/lower_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,6 +62,11 @@ kiln_status kc_same_dtype(const kc_ctx *c, const kg_node *n, const kc_val *a, co
 bool kc_is_float(kiln_dtype t)
 {
     return t == KILN_F32 || t == KILN_F16 || t == KILN_BF16 || t == KILN_F64;
+}
+
+bool kc_float_exact(kiln_dtype t, double v)
+{
+    return kc_is_float(t) || v != v || isinf(v) || (double)(float)v == v;
 }
 
 bool kc_same_shape(int na, const int64_t *a, int nb, const int64_t *b)

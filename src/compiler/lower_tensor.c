@@ -326,6 +326,8 @@ kiln_status kc_lower_pad(kc_ctx *c, const kg_node *n)
     }
     if (none)
         return kc_out(c, n, 0, &x);
+    if (!kc_float_exact(x.dt, value))
+        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "pad value %g not exact as a float", value);
     float fv = (float)value;
     return kc_emit_out(c, n, KP_PAD, mode, &x.id, 1, x.dt, x.ndim, shape, ia, 2 * x.ndim, &fv, 1);
 }
