@@ -303,8 +303,8 @@ kiln_status ka_check_weights(const ka_file *f, const kp_program *p, uint8_t *bad
 
 kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
 {
-    uint32_t n_bad, first;
-    bool section_ok;
+    uint32_t n_bad = 0, first = 0;
+    bool section_ok = false;
     kiln_status st = check_weights(f, p, NULL, &n_bad, &first, &section_ok);
     if (st != KILN_OK)
         return st;
@@ -712,11 +712,10 @@ static kiln_status parse_header(ka_file *f)
 
 /* Allocates a copy target for n elements of `size` bytes; NULL (and *ok untouched) when n
  * is 0, NULL with *ok = false when out of memory. */
+/* Never NULL on success, even for n == 0: index arithmetic on a pool is then always defined. */
 static void *alloc_array(uint32_t n, size_t size, bool *ok)
 {
-    if (!n)
-        return NULL;
-    void *a = kiln__malloc((size_t)n * size);
+    void *a = kiln__malloc((size_t)(n ? n : 1) * size);
     if (!a)
         *ok = false;
     return a;
