@@ -2,8 +2,9 @@
 """lower_cases.py — end-to-end checks of the op lowerings on what the ONNX node tests leave
 out: opset 18 forms (GroupNormalization, Split num_outputs, Reduce axes inputs, Resize
 axes, Pad axes), the pre-13 Softmax coercion, 1-D and broadcast MatMul, Gemm on run-time
-operands, Einsum, pool ceil_mode windows, Dropout masks, constant graph outputs, and
-models that must be refused (KILN_ERR_UNSUPPORTED, never a wrong answer).
+operands, Einsum, pool ceil_mode windows, Dropout masks, constant graph outputs, scatters
+and gathers built from other ops, and models that must be refused (KILN_ERR_UNSUPPORTED,
+never a wrong answer).
 
     lower_cases.py KILN WORKDIR [FILTER]
 
@@ -419,6 +420,43 @@ def reshape_allowzero_and_infer():
                  {'y': x.reshape(2, 4, 3)}, {'s': np.array([0, -1, 3], np.int64)})
 
 
+@case
+def scatternd_const_indices_runtime_data():
+    x, u = randn(4, 3), randn(2, 3)
+    i = np.array([[3], [-4]], np.int64)
+    y = x.copy()
+    y[3], y[0] = u[0], u[1]
+    return model([helper.make_node('ScatterND', ['x', 'i', 'u'], ['y'])], {'x': x, 'u': u},
+                 {'y': y}, {'i': i})
+
+
+@case
+def scatter_elements_axis1():
+    x, u = randn(3, 4), randn(2, 2)
+    i = np.array([[1, 3], [0, -1]], np.int64)
+    y = x.copy()
+    for r in range(2):
+        for k in range(2):
+            y[r, i[r, k] % 4] = u[r, k]
+    return model([helper.make_node('ScatterElements', ['x', 'i', 'u'], ['y'], axis=1)],
+                 {'x': x, 'u': u}, {'y': y}, {'i': i}, opset=16)
+
+
+@case
+def gather_elements_runtime_indices():
+    x, i = randn(3, 4), np.array([[2, -1], [0, 1], [3, 3]], np.int64)
+    return model([helper.make_node('GatherElements', ['x', 'i'], ['y'], axis=1)],
+                 {'x': x, 'i': i}, {'y': np.take_along_axis(x, i % 4, 1)})
+
+
+@case
+def gather_nd_batch_dims():
+    x, i = randn(2, 3, 4), np.array([[[1], [2]], [[0], [-1]]], np.int64)
+    y = np.stack([x[b][i[b, :, 0]] for b in range(2)])
+    return model([helper.make_node('GatherND', ['x', 'i'], ['y'], batch_dims=1)],
+                 {'x': x, 'i': i}, {'y': y})
+
+
 # ---- what must be refused ----
 
 def refuse(text):
@@ -454,6 +492,13 @@ def resize_antialias():
 def hardmax():
     x = randn(2, 3)
     return model([helper.make_node('Hardmax', ['x'], ['y'])], {'x': x}, {'y': x})
+
+
+@refuse('reduction')
+def scatternd_add_runtime():
+    x, u = randn(4, 3), randn(1, 3)
+    return model([helper.make_node('ScatterND', ['x', 'i', 'u'], ['y'], reduction='add')],
+                 {'x': x, 'u': u}, {'y': x}, {'i': np.array([[1]], np.int64)}, opset=16)
 
 
 @refuse('diagonal')
