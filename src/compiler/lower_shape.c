@@ -9,7 +9,7 @@
 #include <math.h>
 #include <string.h>
 
-/* A constant of `shape` with every element equal to the `es` bytes at `elem`. */
+/* A constant of `shape` with every element equal to the one element of dtype dt at `elem`. */
 static kiln_status filled_const(kc_ctx *c, kiln_dtype dt, int ndim, const int64_t *shape,
                                 const void *elem, kc_val *out)
 {
