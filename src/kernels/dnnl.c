@@ -6,7 +6,9 @@
  * in place at placement when the layout still fits, reordered once otherwise), and the
  * byte format of a packed-layout descriptor (kp_value.layout).
  *
- * Activations are always dense C order (nchw, ab, ...), f32. Only weights may be packed.
+ * Activations are dense C order (nchw, ab, ...) f32 as the rest of kiln sees them; only
+ * between oneDNN convolutions and poolings are they kept nhwc (see act_cl). Convolutions
+ * run channels-last inside (brgemm kernels), reordering whatever meets them dense.
  *
  * Packed-layout descriptor (version 1), little-endian, all integers signed 64-bit unless
  * noted; it describes a oneDNN "blocked" memory layout over the weight's oneDNN dims:
