@@ -138,6 +138,20 @@ static void test_conv_fusion(void)
     }
 }
 
+static void test_residual_in_place(void)
+{
+    kiln_tensor x, ref;
+    kiln_model *m = trace_and_check("residual_block", &x, &ref);
+    if (!m)
+        return;
+    CHECK(m->prog->n_ops == 3 && count_kind(m, KP_CONV) == 3);
+    /* the last conv writes its result where its residual operand (the first's output) was */
+    const kp_op *c2 = &m->prog->ops[2];
+    int operand = kp_op_in(m->prog, c2)[3], y = kp_op_out(m->prog, c2)[0];
+    CHECK(operand >= 0 && m->prog->values[operand].offset == m->prog->values[y].offset);
+    done_with(m, &x, &ref);
+}
+
 static void test_noops(void)
 {
     kiln_tensor x, ref;
@@ -271,6 +285,7 @@ int main(void)
     }
     test_fold();
     test_conv_fusion();
+    test_residual_in_place();
     test_noops();
     test_chain_memory();
     test_matmul_bias();

@@ -581,6 +581,59 @@ static int cmp_interval_size(const void *a, const void *b)
     return x->first - y->first;
 }
 
+/* The operand of op's first SUM post-op, or -1. */
+static int sum_operand(const kp_program *p, const kp_op *op)
+{
+    int base;
+    const int64_t *ia = kp_op_ia(p, op);
+    switch (op->kind) {
+    case KP_CONV: base = 2 + 4 * (int)ia[1]; break;
+    case KP_CONV_TRANSPOSE: base = 2 + 5 * (int)ia[1]; break;
+    case KP_MATMUL: base = 0; break;
+    default: return -1;
+    }
+    int operand = 3; /* operands follow the bias slot, one per SUM/BINARY post-op */
+    for (int j = 0; j < (int)ia[base]; j++) {
+        int type = (int)ia[base + 1 + 2 * j];
+        if (type == KP_POST_SUM)
+            return operand < op->n_in ? kp_op_in(p, op)[operand] : -1;
+        if (type == KP_POST_BINARY)
+            operand++;
+    }
+    return -1;
+}
+
+/* A residual add done in place: when an op's SUM operand dies at that op and its result is
+ * born there, the result takes over the operand's storage (the kernels then add into what
+ * is already there instead of copying the operand first). Merges storage roots in c->root
+ * and extends the merged lifetime. */
+static void sum_in_place(kc_ctx *c, const int32_t *first, int32_t *last)
+{
+    kp_program *p = &c->p;
+    for (uint32_t i = 0; i < p->n_ops; i++) {
+        const kp_op *op = &p->ops[i];
+        if (!op->kind || op->n_out != 1 || kp_op_out(p, op)[0] < 0)
+            continue;
+        int o = sum_operand(p, op);
+        if (o < 0)
+            continue;
+        int32_t ro = c->root[o], ry = c->root[kp_op_out(p, op)[0]];
+        if (ro == ry || p->values[ro].kind == KP_VAL_CONST || last[ro] != (int32_t)i ||
+            first[ry] != (int32_t)i || p->values[ro].nbytes != p->values[ry].nbytes)
+            continue;
+        /* the op must not read that storage as anything but the operand (a conv of x plus x) */
+        int uses = 0;
+        for (int k = 0; k < op->n_in; k++)
+            uses += kp_op_in(p, op)[k] >= 0 && c->root[kp_op_in(p, op)[k]] == ro;
+        if (uses != 1)
+            continue;
+        for (uint32_t v = 0; v < p->n_values; v++)
+            if (c->root[v] == ry)
+                c->root[v] = ro;
+        last[ro] = last[ry];
+    }
+}
+
 /* Arena offsets for every live ACT/INPUT storage root: greedy by size, each placed at the
  * lowest offset that no overlapping-in-time placed interval occupies. */
 static kiln_status plan_arena(kc_ctx *c, const uint8_t *live, const uint32_t *outputs,
@@ -630,6 +683,7 @@ static kiln_status plan_arena(kc_ctx *c, const uint8_t *live, const uint32_t *ou
     }
     for (int i = 0; i < c->g->n_outputs; i++)
         last[c->root[outputs[i]]] = end;
+    sum_in_place(c, first, last);
     size_t n = 0;
     for (uint32_t v = 0; v < nv; v++) {
         const kp_value *val = &p->values[v];

@@ -211,6 +211,9 @@ typedef struct kr_post_op {
     const float *operand;           /* SUM / BINARY operand, NULL for unary */
     kr_bin_fn fn;
     kr_bcast bc;
+    float *snap;                    /* owned copy of an operand stored where Y is (the */
+    const float *snap_src;          /* planner may put a residual in the output's slot) */
+    size_t snap_bytes;
 } kr_post_op;
 typedef struct kr_post {
     int n;
@@ -226,6 +229,8 @@ KILN_INTERNAL kiln_status kr_post_check(const kr_op *o, int at, int first_operan
 /* Requires kr_post_check. Operand addresses are taken from ptr now. */
 KILN_INTERNAL kiln_status kr_post_init(kr_post *pp, const kr_op *o, int at, int first_operand,
                                        void *const *ptr);
+/* Before the op computes Y: saves operands that share Y's storage. */
+KILN_INTERNAL void kr_post_pre(const kr_post *pp);
 /* Applies the list in place to y, which holds output 0 (dense). */
 KILN_INTERNAL void kr_post_run(const kr_post *pp, float *y);
 KILN_INTERNAL void kr_post_free(kr_post *pp);

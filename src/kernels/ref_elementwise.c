@@ -772,6 +772,7 @@ kiln_status kr_post_init(kr_post *pp, const kr_op *o, int at, int first_operand,
     if (!pp->ops)
         return kr_fail(o->p, o->index, KILN_ERR_NOMEM, "out of memory for post-ops");
     int next = first_operand;
+    const uint8_t *ylo = ptr[o->out[0]], *yhi = ylo + y->nbytes;
     for (int j = 0; j < pp->n; j++) {
         kr_post_op *q = &pp->ops[j];
         q->type = (int)o->ia[at + 1 + 2 * j];
@@ -786,8 +787,26 @@ kiln_status kr_post_init(kr_post *pp, const kr_op *o, int at, int first_operand,
         q->fn = kr_binary_fn(q->type == KP_POST_SUM ? KP_B_ADD : q->alg, KILN_F32, 0);
         kr_bcast_init(&q->bc, 2, ins, y->ndim, y->shape);
         next++;
+        const uint8_t *lo = (const uint8_t *)q->operand, *hi = lo + v->nbytes;
+        if (lo < yhi && ylo < hi) {
+            q->snap_bytes = v->nbytes;
+            q->snap = kiln__malloc(v->nbytes);
+            if (!q->snap) {
+                kr_post_free(pp);
+                return kr_fail(o->p, o->index, KILN_ERR_NOMEM, "out of memory for a post-op operand");
+            }
+            q->snap_src = q->operand;
+            q->operand = q->snap;
+        }
     }
     return KILN_OK;
+}
+
+void kr_post_pre(const kr_post *pp)
+{
+    for (int j = 0; j < pp->n; j++)
+        if (pp->ops[j].snap)
+            memcpy(pp->ops[j].snap, pp->ops[j].snap_src, pp->ops[j].snap_bytes);
 }
 
 void kr_post_run(const kr_post *pp, float *y)
@@ -811,6 +830,8 @@ void kr_post_run(const kr_post *pp, float *y)
 
 void kr_post_free(kr_post *pp)
 {
+    for (int j = 0; pp->ops && j < pp->n; j++)
+        kiln__free(pp->ops[j].snap);
     kiln__free(pp->ops);
     pp->ops = NULL;
     pp->n = 0;

@@ -246,6 +246,7 @@ static void conv_transpose_forward(const conv_k *k)
 static kiln_status conv_run(kk_kernel *kk)
 {
     conv_k *k = (conv_k *)kk;
+    kr_post_pre(&k->post);
     if (k->transpose)
         conv_transpose_forward(k);
     else
@@ -409,6 +410,7 @@ static kiln_status matmul_run(kk_kernel *kk)
 {
     matmul_k *k = (matmul_k *)kk;
     const int64_t M = k->M, N = k->N, K = k->K;
+    kr_post_pre(&k->post);
     for (int64_t t = 0; t < k->nbatch; t++) {
         if (k->f64)
             gemm_f64(M, N, K, (const double *)k->a + k->aoff[t], K, (const double *)k->b + k->boff[t],

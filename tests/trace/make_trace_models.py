@@ -112,3 +112,21 @@ save("unsupported", [helper.make_node("Relu", ["x"], ["r"]),
 a = rng.standard_normal((1, 3), dtype=np.float32)
 save("two_io", [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("Mul", ["a", "b"], ["p"])],
      [vi("a", [1, 3]), vi("b", [1, 3])], [vi("s", [1, 3]), vi("p", [1, 3])])
+
+# 9. A residual block: h -> conv -> relu -> conv (+ h) -> relu; the block's last conv adds h in
+#    place (its result takes h's arena slot, h being dead after it)
+w1 = rng.standard_normal((4, 4, 3, 3), dtype=np.float32) * 0.3
+w2 = rng.standard_normal((4, 4, 3, 3), dtype=np.float32) * 0.3
+w3 = rng.standard_normal((4, 4, 3, 3), dtype=np.float32) * 0.3
+zb = np.zeros(4, np.float64)
+h = np.maximum(conv2d(xc.astype(np.float64), w1.astype(np.float64), zb, 1), 0)
+t = np.maximum(conv2d(h, w2.astype(np.float64), zb, 1), 0)
+res = np.maximum(conv2d(t, w3.astype(np.float64), zb, 1) + h, 0)
+save("residual_block", [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["c1"], ["h"]),
+                        helper.make_node("Conv", ["h", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Relu", ["c2"], ["t"]),
+                        helper.make_node("Conv", ["t", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Add", ["c3", "h"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+     [vi("x", [1, 4, 8, 8])], [vi("y", [1, 4, 8, 8])], [("w1", w1), ("w2", w2), ("w3", w3)], xc,
+     res.astype(np.float32))
