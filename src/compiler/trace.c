@@ -725,62 +725,100 @@ static kiln_status plan_arena(kc_ctx *c, const uint8_t *live, const uint32_t *ou
     return KILN_OK;
 }
 
-/* Packs the weights of every op whose constant input no one else uses. */
-static kiln_status pack_weights(kc_ctx *c, const uint8_t *live, const uint32_t *outputs)
+/* Packs constant weights into the layout the kernels want: a weight read by several ops is
+ * packed when every one of them asks for the very same layout (e.g. one MatMul weight
+ * shared by several projections), else it stays dense. A graph output stays dense. */
+static kiln_status pack_weights(kc_ctx *c, const uint32_t *outputs)
 {
     kp_program *p = &c->p;
-    uint32_t *uses = kiln__calloc(p->n_values ? p->n_values : 1, sizeof *uses);
-    if (!uses)
-        return kiln__fail(KILN_ERR_NOMEM, "out of memory packing weights");
+    uint32_t nv = p->n_values;
+    /* the (op, slot) reads of every value, as lists in one array */
+    uint32_t *start = kiln__calloc((size_t)nv + 2, sizeof *start);
+    uint8_t *is_output = kiln__calloc((size_t)nv + 1, 1);
+    uint32_t *reads = NULL;
+    kiln_status s = KILN_OK;
+    if (!start || !is_output)
+        goto nomem;
+    uint32_t n_reads = 0;
     for (uint32_t i = 0; i < p->n_ops; i++) {
         const kp_op *op = &p->ops[i];
-        if (!op->kind)
-            continue;
-        const int32_t *in = kp_op_in(p, op);
-        for (int k = 0; k < op->n_in; k++)
-            if (in[k] >= 0)
-                uses[in[k]]++;
+        for (int k = 0; op->kind && k < op->n_in; k++)
+            if (kp_op_in(p, op)[k] >= 0) {
+                start[kp_op_in(p, op)[k] + 1]++;
+                n_reads++;
+            }
     }
-    for (int i = 0; i < c->g->n_outputs; i++)
-        uses[outputs[i]] += 2;
-    kiln_status s = KILN_OK;
-    for (uint32_t i = 0; i < p->n_ops && s == KILN_OK; i++) {
+    for (uint32_t v = 0; v < nv; v++)
+        start[v + 1] += start[v];
+    reads = kiln__malloc(sizeof *reads * 2 * ((size_t)n_reads + 1));
+    uint32_t *fill = kiln__calloc((size_t)nv + 1, sizeof *fill);
+    if (!reads || !fill) {
+        kiln__free(fill);
+        goto nomem;
+    }
+    for (uint32_t i = 0; i < p->n_ops; i++) {
         const kp_op *op = &p->ops[i];
-        if (!op->kind)
-            continue;
-        for (int k = 0; k < op->n_in && s == KILN_OK; k++) {
-            int32_t v = kp_op_in(p, op)[k];
-            if (v < 0 || p->values[v].kind != KP_VAL_CONST || uses[v] != 1 || p->values[v].n_layout)
+        for (int k = 0; op->kind && k < op->n_in; k++) {
+            int v = kp_op_in(p, op)[k];
+            if (v < 0)
                 continue;
-            void *packed = NULL, *layout = NULL;
-            size_t n_packed = 0, n_layout = 0;
-            s = kk_pack_weight(p, i, k, c->cdata[v], &packed, &n_packed, &layout, &n_layout);
-            if (s != KILN_OK || !packed) {
-                kiln__free(packed);
-                kiln__free(layout);
-                continue;
-            }
-            if (!kiln__grow((void **)&p->blob, &c->cap_blob, p->n_blob + n_layout, 1)) {
-                kiln__free(packed);
-                kiln__free(layout);
-                s = kiln__fail(KILN_ERR_NOMEM, "out of memory packing weights");
-                break;
-            }
-            memcpy(p->blob + p->n_blob, layout, n_layout);
-            p->values[v].layout = p->n_blob;
-            p->values[v].n_layout = (uint32_t)n_layout;
-            p->n_blob += (uint32_t)n_layout;
-            kiln__free(layout);
-            if (c->cowned[v])
-                kiln__free(c->cdata[v]);
-            c->cdata[v] = packed;
-            c->cowned[v] = 1;
-            p->values[v].nbytes = n_packed;
+            uint32_t at = start[v] + fill[v]++;
+            reads[2 * at] = i;
+            reads[2 * at + 1] = (uint32_t)k;
         }
     }
-    (void)live;
-    kiln__free(uses);
+    kiln__free(fill);
+    for (int i = 0; i < c->g->n_outputs; i++)
+        is_output[outputs[i]] = 1;
+    for (uint32_t v = 0; v < nv && s == KILN_OK; v++) {
+        if (p->values[v].kind != KP_VAL_CONST || is_output[v] || p->values[v].n_layout || start[v] == start[v + 1])
+            continue;
+        void *packed = NULL, *layout = NULL;
+        size_t n_packed = 0, n_layout = 0;
+        bool same = true;
+        for (uint32_t r = start[v]; r < start[v + 1] && same && s == KILN_OK; r++) {
+            void *pk = NULL, *ly = NULL;
+            size_t npk = 0, nly = 0;
+            s = kk_pack_weight(p, reads[2 * r], (int)reads[2 * r + 1], c->cdata[v], &pk, &npk, &ly, &nly);
+            if (r == start[v]) {
+                packed = pk, layout = ly, n_packed = npk, n_layout = nly;
+                same = pk != NULL;
+                continue;
+            }
+            same = pk && npk == n_packed && nly == n_layout && memcmp(ly, layout, nly) == 0;
+            kiln__free(pk);
+            kiln__free(ly);
+        }
+        if (s != KILN_OK || !same || !packed) {
+            kiln__free(packed);
+            kiln__free(layout);
+            continue;
+        }
+        if (!kiln__grow((void **)&p->blob, &c->cap_blob, p->n_blob + n_layout, 1)) {
+            kiln__free(packed);
+            kiln__free(layout);
+            goto nomem;
+        }
+        memcpy(p->blob + p->n_blob, layout, n_layout);
+        p->values[v].layout = p->n_blob;
+        p->values[v].n_layout = (uint32_t)n_layout;
+        p->n_blob += (uint32_t)n_layout;
+        kiln__free(layout);
+        if (c->cowned[v])
+            kiln__free(c->cdata[v]);
+        c->cdata[v] = packed;
+        c->cowned[v] = 1;
+        p->values[v].nbytes = n_packed;
+    }
+    kiln__free(start);
+    kiln__free(is_output);
+    kiln__free(reads);
     return s;
+nomem:
+    kiln__free(start);
+    kiln__free(is_output);
+    kiln__free(reads);
+    return kiln__fail(KILN_ERR_NOMEM, "out of memory packing weights");
 }
 
 /* Compacts the live program into *out (a fresh kp_program owning its weights). */
@@ -954,7 +992,7 @@ kiln_status kc_trace(const kg_graph *g, const kiln_tensor *ex, size_t n_ex, kp_p
     }
     if ((s = prune(&c, outputs, live)) != KILN_OK)
         goto done;
-    if ((s = pack_weights(&c, live, outputs)) != KILN_OK)
+    if ((s = pack_weights(&c, outputs)) != KILN_OK)
         goto done;
     uint64_t arena = 0;
     if ((s = plan_arena(&c, live, outputs, offsets, &arena)) != KILN_OK)
