@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -479,6 +480,10 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.outdir, exist_ok=True)
     torch.set_num_threads(1)
+    # The tracer's notes (shapes read as Python ints, constant folding) are expected for
+    # fixed-shape exports; keep the demo's output readable.
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     stamp = script_stamp()
     for name in args.only or MODELS:
         if not args.force and up_to_date(args.outdir, name, stamp):
