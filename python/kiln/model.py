@@ -114,6 +114,12 @@ class Model:
         self._out_tree = None if _tree.is_plain_outputs(out_tree, n_out) else out_tree
         self._input_map = None if input_map == list(range(n_in)) else input_map
         self._n_flat = n_flat_inputs if self._input_map is not None else n_in
+        if self._out_tree is not None and _tree.count(self._out_tree) != n_out:
+            raise KilnFormatError(f"the model has {n_out} outputs but its structure "
+                                  f"{_tree.describe(self._out_tree)} holds {_tree.count(self._out_tree)}")
+        if self._in_tree is not None and _tree.count(self._in_tree) != self._n_flat:
+            raise KilnFormatError(f"the model takes {self._n_flat} tensors but its structure "
+                                  f"{_tree.describe(self._in_tree)} holds {_tree.count(self._in_tree)}")
 
     def _specs(self, fn, n, kinds):
         out = []

@@ -182,6 +182,26 @@ def test_trace_several_outputs_and_dtypes():
     assert_close(neuron_model(ids.numpy().astype(np.int32)), torch_ref(model, ids))
 
 
+class CastBack(nn.Module):
+    def forward(self, x):
+        return x.float() * 2, (x.float() + 1).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int8,
+                                   torch.uint8, torch.int32, torch.int64, torch.bool])
+def test_dtypes_in_and_out(dtype):
+    x = (torch.randn(2, 3) * 4).to(dtype)
+    neuron_model = kiln.trace(CastBack(), x)
+    want = "bfloat16" if dtype == torch.bfloat16 else str(dtype).replace("torch.", "")
+    assert neuron_model.inputs[0].dtype == want and neuron_model.outputs[1].dtype == want
+    a, b = neuron_model(x)
+    ra, rb = CastBack()(x)
+    assert b.dtype == dtype and torch.equal(a, ra) and torch.equal(b, rb)
+    if dtype != torch.bfloat16:                             # NumPy has no bfloat16
+        a, b = neuron_model(x.numpy())
+        assert b.dtype == x.numpy().dtype and np.array_equal(b, rb.numpy())
+
+
 def test_inputs_cast_and_made_contiguous(mlp):
     model, x = mlp
     neuron_model = kiln.trace(model, x)
