@@ -319,6 +319,14 @@ def _trace_torch(torch, module, args):
     specs = [spec_of(x, f"example input {i}") for i, x in enumerate(leaves)]
     flat = [x if _tree.is_torch_tensor(x) else torch.from_numpy(np.array(x, copy=True))
             for x in leaves]
+    # A TorchScript module cannot be called from inside another module being traced: it is
+    # exported as it is (flat tensor arguments only; the exporter flattens its outputs in the
+    # same order).
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    if scripted and not _tree.is_flat_args(in_tree):
+        raise TypeError("a TorchScript module takes tensor arguments only here; nested "
+                        "example inputs need the eager torch.nn.Module")
+    exported = module if scripted else _flat_module(torch, module, in_tree)
     was_training = module.training
     module.eval()
     try:
@@ -336,7 +344,9 @@ def _trace_torch(torch, module, args):
             with torch.enable_grad(), warnings.catch_warnings():
                 # noise torch 1.13 prints for every Upsample/Resize it exports
                 warnings.filterwarnings("ignore", message="The shape inference of prim::Constant")
-                torch.onnx.export(_flat_module(torch, module, in_tree), tuple(flat), onnx_path,
+                # ... and for every TorchScript module (whose signature it cannot inspect)
+                warnings.filterwarnings("ignore", message=".*skipping _decide_input_format")
+                torch.onnx.export(exported, tuple(flat), onnx_path,
                                   opset_version=ONNX_OPSET,
                                   input_names=[f"input_{i}" for i in range(len(flat))],
                                   output_names=[f"output_{i}" for i in range(len(out_leaves))],

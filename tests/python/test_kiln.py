@@ -160,6 +160,15 @@ def test_trace_keeps_training_mode(mlp):
     assert model.training
 
 
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_trace_torchscript_module(how, mlp):
+    model, x = mlp
+    ts = torch.jit.script(model) if how == "script" else torch.jit.trace(model, x)
+    assert_close(kiln.trace(ts, x)(x), torch_ref(model, x))
+    with pytest.raises(TypeError, match="TorchScript"):
+        kiln.trace(ts, ((x,),))
+
+
 def test_trace_from_onnx_file(work, mlp):
     model, x = mlp
     torch.onnx.export(model, (x,), str(work / "mlp.onnx"), opset_version=17,
