@@ -327,7 +327,7 @@ def _trace_torch(torch, module, args):
         raise TypeError("a TorchScript module takes tensor arguments only here; nested "
                         "example inputs need the eager torch.nn.Module")
     exported = module if scripted else _flat_module(torch, module, in_tree)
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]  # restored one by one afterwards
     module.eval()
     try:
         # One run in PyTorch first: the output structure (and count, to name them).
@@ -355,7 +355,8 @@ def _trace_torch(torch, module, args):
             return _trace_exported(onnx_path, specs, in_tree, out_tree, len(flat),
                                    type(module).__name__)
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def _trace_exported(onnx_path, specs, in_tree, out_tree, n_flat, source):
