@@ -308,12 +308,18 @@ kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
     kiln_status st = check_weights(f, p, NULL, &n_bad, &first, &section_ok);
     if (st != KILN_OK)
         return st;
+    char name[96];
+    if (n_bad) {
+        const char *nm = kp_str(p, p->values[first].name);
+        if (*nm)
+            snprintf(name, sizeof name, "tensor '%.80s'", nm);
+        else /* a constant the compiler made (e.g. a BatchNorm folded into conv weights) */
+            snprintf(name, sizeof name, "unnamed tensor #%u", first);
+    }
     if (n_bad == 1)
-        return kiln__fail(KILN_ERR_FORMAT, "%s: tensor '%s' checksum mismatch", f->path,
-                          kp_str(p, p->values[first].name));
+        return kiln__fail(KILN_ERR_FORMAT, "%s: %s checksum mismatch", f->path, name);
     if (n_bad > 1)
-        return kiln__fail(KILN_ERR_FORMAT, "%s: tensor '%s' checksum mismatch (and %u more)", f->path,
-                          kp_str(p, p->values[first].name), n_bad - 1);
+        return kiln__fail(KILN_ERR_FORMAT, "%s: %s checksum mismatch (and %u more)", f->path, name, n_bad - 1);
     if (!section_ok)
         return kiln__fail(KILN_ERR_FORMAT, "%s: weight section checksum mismatch (in the bytes between tensors)",
                           f->path);
@@ -395,12 +401,23 @@ static atomic_bool skip_fsync;
 
 void ka__test_skip_fsync(bool skip) { atomic_store(&skip_fsync, skip); }
 
+/* How injected failures look: their errno (0: EIO), and a cap on the bytes one write()
+ * takes (0: none), so writes come back short and a failure can land mid-file. */
+static atomic_int io_errno;
+static atomic_size_t io_max_write;
+
+void ka__test_io_fault(int err, size_t max_write)
+{
+    atomic_store(&io_errno, err);
+    atomic_store(&io_max_write, max_write);
+}
+
 static bool io_allowed(void)
 {
     long b = atomic_load(&io_budget);
     while (b >= 0) {
         if (b == 0) {
-            errno = EIO;
+            errno = atomic_load(&io_errno) ? atomic_load(&io_errno) : EIO;
             return false;
         }
         if (atomic_compare_exchange_weak(&io_budget, &b, b - 1))
@@ -413,6 +430,9 @@ static bool write_all(int fd, const uint8_t *b, uint64_t n)
 {
     while (n > 0) {
         size_t chunk = n > (1u << 30) ? (1u << 30) : (size_t)n;
+        size_t cap = atomic_load(&io_max_write);
+        if (cap && chunk > cap)
+            chunk = cap;
         ssize_t w = io_allowed() ? write(fd, b, chunk) : -1;
         if (w < 0) {
             if (errno == EINTR)
@@ -473,7 +493,7 @@ static kiln_status write_atomically(const char *path, const uint8_t *head, size_
         st = kiln__fail(KILN_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
         goto fail;
     }
-    int rc = io_allowed() ? close(fd) : (close(fd), errno = EIO, -1);
+    int rc = io_allowed() ? close(fd) : (close(fd), -1); /* errno: io_allowed's */
     fd = -1;
     if (rc != 0) {
         st = kiln__fail(KILN_ERR_IO, "%s: close failed: %s", path, strerror(errno));
@@ -841,7 +861,8 @@ kiln_status ka_open(const char *path, ka_file **file, kp_program **prog)
     }
     kiln_status st;
     kp_program *p = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO (or device) must not block the open; it is refused below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         st = kiln__fail(KILN_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
         goto fail;
