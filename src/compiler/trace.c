@@ -44,18 +44,21 @@ static bool push_string(kc_ctx *c, const char *s, uint32_t *off)
     return true;
 }
 
-/* Appends a value; returns its id or -1 (out of memory, error set). */
+/* Why the last push_value failed (its callers return it). */
+static _Thread_local kiln_status push_status;
+
+/* Appends a value; returns its id or -1 (error set, its status in push_status). */
 static int push_value(kc_ctx *c, kiln_dtype dt, int ndim, const int64_t *shape, int kind)
 {
     size_t n = c->p.n_values;
     if (ndim < 0 || ndim > KILN_MAX_DIMS) {
-        kiln__fail(KILN_ERR_UNSUPPORTED, "tensors of rank %d are not supported", ndim);
+        push_status = kiln__fail(KILN_ERR_UNSUPPORTED, "tensors of rank %d are not supported", ndim);
         return -1;
     }
     int64_t numel = kiln__numel(ndim, shape);
     uint64_t bytes;
     if (numel < 0 || !kiln__mul_ok((uint64_t)numel, kiln_dtype_size(dt), &bytes) || kiln_dtype_size(dt) == 0) {
-        kiln__fail(KILN_ERR_SHAPE, "tensor shape or dtype out of range");
+        push_status = kiln__fail(KILN_ERR_SHAPE, "tensor shape or dtype out of range");
         return -1;
     }
     size_t cap = c->cap_values;
@@ -64,7 +67,7 @@ static int push_value(kc_ctx *c, kiln_dtype dt, int ndim, const int64_t *shape, 
         !kiln__grow((void **)&c->cowned, &c->cap_cowned, n + 1, 1) ||
         !kiln__grow((void **)&c->root, &c->cap_root, n + 1, sizeof(int32_t))) {
         c->cap_values = cap;
-        kiln__fail(KILN_ERR_NOMEM, "out of memory while tracing");
+        push_status = kiln__fail(KILN_ERR_NOMEM, "out of memory while tracing");
         return -1;
     }
     c->cap_values = cap;
@@ -390,7 +393,7 @@ static kiln_status resolve_const(kc_ctx *c, int gv)
     int v = push_value(c, g->constant->dtype, g->constant->ndim, g->constant->shape, KP_VAL_CONST);
     if (v < 0) {
         kiln__error_prefix("initializer '%s'", g->name);
-        return KILN_ERR_UNSUPPORTED;
+        return push_status;
     }
     c->cdata[v] = g->constant->data;
     c->cowned[v] = 0;
@@ -470,7 +473,7 @@ static kiln_status bind_inputs(kc_ctx *c, const kiln_tensor *ex, size_t n_ex)
                                   gv->name, kiln__shape_str(t->ndim, t->shape, s1, sizeof s1));
         int v = push_value(c, t->dtype, t->ndim, t->shape, KP_VAL_INPUT);
         if (v < 0)
-            return kiln_last_error()[0] ? KILN_ERR_SHAPE : KILN_ERR_NOMEM;
+            return push_status;
         if (!push_string(c, gv->name, &c->p.values[v].name))
             return kiln__fail(KILN_ERR_NOMEM, "out of memory while tracing");
         c->gmap[g->inputs[i]] = v;
@@ -861,6 +864,7 @@ static kiln_status seal(kc_ctx *c, const uint8_t *live, const uint32_t *outputs,
     if (!q->values || !q->ops || !q->io || !q->ia || !q->fa || !q->blob || !q->strings ||
         !q->inputs || !q->outputs || !w)
         goto nomem;
+    memset(w, 0, wbytes); /* the alignment gaps between tensors too: no stale heap in the file */
     if (p->n_blob)
         memcpy(q->blob, p->blob, p->n_blob);
     memcpy(q->strings, p->strings, p->n_strings);
@@ -882,8 +886,6 @@ static kiln_status seal(kc_ctx *c, const uint8_t *live, const uint32_t *outputs,
             d->offset = offset_of_root[c->root[v]];
         }
     }
-    if (wbytes > woff)
-        memset(w + woff, 0, wbytes - woff);
     for (uint32_t i = 0; i < p->n_ops; i++) {
         const kp_op *op = &p->ops[i];
         if (!op->kind)

@@ -41,5 +41,9 @@ KILN_INTERNAL kiln_status ka_check_weights(const ka_file *f, const kp_program *p
  * skip ka_save's fsyncs (tests that write hundreds of files on a busy disk). */
 KILN_INTERNAL void ka__test_fail_io_after(long n);
 KILN_INTERNAL void ka__test_skip_fsync(bool skip);
+/* ... and how the failing call fails: errno `err` (0: EIO, e.g. ENOSPC), with every write()
+ * taking at most max_write bytes (0: no cap), so writes return short and a failure can
+ * land in the middle of the file. Stays set until changed. */
+KILN_INTERNAL void ka__test_io_fault(int err, size_t max_write);
 
 #endif

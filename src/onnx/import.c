@@ -50,7 +50,8 @@ static void pb_free(void *state, void *p)
 
 static kiln_status file_read(const char *path, uint8_t **out, size_t *n_out)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO (or device) must not block the open; it is refused below. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return kiln__fail(KILN_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
