@@ -1,0 +1,6 @@
+/* fuzz_npy.c — libFuzzer target: kf_npy (see fuzz_entry.h). */
+#include "fuzz_entry.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) { return kf_npy(data, n); }
