@@ -18,7 +18,7 @@
  * at the path intact and no temporary file; writes that only come back short must still
  * produce the same artifact. Reading: the artifact truncated at many lengths, a directory,
  * a FIFO (used to hang in open), a device, a missing file, an unreadable one (when not
- * root); and a file truncated under a lazily loaded model (see test_shrink_after_open).
+ * root); and the file truncated or rewritten under a loaded model (see test_file_changes).
  *
  * Models: tests/trace/make_trace_models.py (KILN_TRACE_MODELS) and
  * tests/reliability_models.py (KILN_RELIABILITY_MODELS). The counts are printed; the
@@ -564,19 +564,84 @@ static int run_child(const char *mode, const char *arg, const char *path)
     return st;
 }
 
-/* Runs m on zero inputs. */
-static kiln_status forward_zeros(kiln_model *m)
+/* Runs m on an input filled with `value` (f32 models); the output's bytes in *out (malloc'd). */
+static kiln_status forward_fill(kiln_model *m, float value, float **out, size_t *n_out)
 {
-    kiln_tensor in, out;
+    kiln_tensor in, o;
     if (kiln_model_num_inputs(m) != 1 || kiln_model_num_outputs(m) != 1 || kiln_model_input(m, 0, NULL, &in) ||
-        kiln_model_output(m, 0, NULL, &out))
+        kiln_model_output(m, 0, NULL, &o) || in.dtype != KILN_F32 || o.dtype != KILN_F32)
         return KILN_ERR_INTERNAL;
-    in.data = calloc(numel(&in), kiln_dtype_size(in.dtype));
-    out.data = calloc(numel(&out), kiln_dtype_size(out.dtype));
-    kiln_status s = kiln_forward(m, &in, 1, &out, 1);
-    free(in.data);
-    free(out.data);
+    size_t ni = numel(&in);
+    *n_out = numel(&o);
+    float *x = malloc(ni * sizeof(float));
+    for (size_t i = 0; i < ni; i++)
+        x[i] = value;
+    in.data = x;
+    o.data = *out = calloc(*n_out, sizeof(float));
+    kiln_status s = kiln_forward(m, &in, 1, &o, 1);
+    free(x);
     return s;
+}
+
+/* The artifact's file changed under a loaded model, in the child (see test_file_changes). */
+static int child_file_change(int variant, const char *path)
+{
+    kiln_load_params prm = kiln_load_default_params();
+    prm.mode = variant < 2 ? KILN_LOAD_LAZY : KILN_LOAD_EAGER;
+    kiln_model *m = NULL;
+    if (kiln_load_ex(path, &prm, &m) != KILN_OK)
+        return 2;
+    float *before = NULL, *after = NULL;
+    size_t n = 0;
+    if (variant == 3 && forward_fill(m, 0.5f, &before, &n) != KILN_OK)
+        return 2;
+    static const char *const what[] = { "was truncated under a lazy model", "was replaced by rename",
+                                        "was truncated under a placed model",
+                                        "was rewritten in place under a placed model" };
+    if (variant == 0 || variant == 2) {
+        /* truncated in place to the end of the program section (the weights are gone) */
+        if (truncate(path, 4096) != 0)
+            return 3;
+    } else if (variant == 1) {
+        /* replaced by a new file, as kiln_save does: the mapping keeps the old one */
+        char tmp[1200];
+        snprintf(tmp, sizeof tmp, "%s.new", path);
+        FILE *g = fopen(tmp, "wb");
+        fwrite("not a kiln file", 1, 15, g);
+        fclose(g);
+        if (rename(tmp, path) != 0)
+            return 3;
+    } else {
+        /* every weight byte changed in place (as `cp other.kiln path` would), same size */
+        FILE *g = fopen(path, "r+b");
+        if (!g || fseek(g, 0, SEEK_END) != 0)
+            return 3;
+        long size = ftell(g);
+        for (long at = 4096; at < size; at++) {
+            fseek(g, at, SEEK_SET);
+            int c = fgetc(g);
+            fseek(g, at, SEEK_SET);
+            fputc(c ^ 0x40, g);
+        }
+        fclose(g);
+    }
+    kiln_status s = forward_fill(m, 0.5f, &after, &n);
+    printf("          forward after the file %s: %s%s%s", what[variant], kiln_status_name(s),
+           s != KILN_OK ? ": " : "", s != KILN_OK ? kiln_last_error() : "");
+    if (variant == 3 && s == KILN_OK) {
+        bool same = memcmp(before, after, n * sizeof(float)) == 0;
+        kiln_load_report r;
+        kiln_model_load_report(m, &r);
+        printf(", output %s (%llu of %llu weight bytes were copied at placement)",
+               same ? "unchanged" : "CHANGED: the placed model reads the rewritten file",
+               (unsigned long long)r.copied_bytes, (unsigned long long)r.weight_bytes);
+    }
+    printf("\n");
+    fflush(stdout);
+    free(before);
+    free(after);
+    kiln_model_free(m);
+    return s == KILN_OK ? 0 : 4;
 }
 
 /* In the child: exit 0 when the call behaved, 2-4 for setup failures; a signal shows. */
@@ -589,57 +654,35 @@ static int child_main(const char *mode, const char *arg, const char *path)
         return kiln_load(path, &m) == KILN_ERR_IO && kiln_trace(path, &spec, 1, &m) == KILN_ERR_IO &&
                kiln_inspect(path, stdout) == KILN_ERR_IO ? 0 : 1;
     }
-    int variant = atoi(arg);
-    kiln_load_params prm = kiln_load_default_params();
-    prm.mode = KILN_LOAD_LAZY;
-    kiln_model *m = NULL;
-    if (kiln_load_ex(path, &prm, &m) != KILN_OK)
-        return 2;
-    if (variant == 0) {
-        /* truncated in place to the end of the program section */
-        if (truncate(path, 4096) != 0)
-            return 3;
-    } else {
-        /* replaced by a new file, as kiln_save does: the mapping keeps the old one */
-        char tmp[1200];
-        snprintf(tmp, sizeof tmp, "%s.new", path);
-        FILE *g = fopen(tmp, "wb");
-        fwrite("not a kiln file", 1, 15, g);
-        fclose(g);
-        if (rename(tmp, path) != 0)
-            return 3;
-    }
-    kiln_status s = forward_zeros(m);
-    printf("          forward after the file %s: %s %s\n", variant ? "was replaced by rename" : "shrank",
-           kiln_status_name(s), kiln_last_error());
-    kiln_model_free(m);
-    return s == KILN_OK ? 0 : 4;
+    return child_file_change(atoi(arg), path);
 }
 
-/* A lazily loaded model's artifact truncated before its first forward: the weights are
- * mapped from the file, so touching them past the new end of file raises SIGBUS. The
- * outcome is printed (see docs/RELIABILITY.md); an artifact replaced by rename (what
- * kiln_save does) must stay harmless. */
-static void test_shrink_after_open(const model_case *mc)
+/* The artifact file changing under a model loaded from it. The weights are used in place
+ * from a mapping of the file, so: truncated under a lazy model (before its placement
+ * verifies them) or under a placed one, touching them past the new end of file raises
+ * SIGBUS; rewritten in place, a placed model computes with the new bytes. Replaced by
+ * rename (what kiln_save does) is harmless and must stay so. The outcomes are printed
+ * (docs/RELIABILITY.md records them); what must not happen is a hang or another crash. */
+static void test_file_changes(const model_case *mc)
 {
-    const char *path = test_path("shrink.kiln");
+    const char *path = test_path("changed.kiln");
     size_t n = 0;
     uint8_t *b = read_file(mc->art[0], &n);
-    for (int variant = 0; variant < 2; variant++) {
+    for (int variant = 0; variant < 4; variant++) {
         FILE *f = fopen(path, "wb");
         fwrite(b, 1, n, f);
         fclose(f);
-        int st = run_child("shrink", variant ? "1" : "0", path);
-        if (variant == 0) {
-            printf("read      artifact truncated under a lazy model %-14s: child %s %d%s\n", mc->name,
-                   WIFSIGNALED(st) ? "killed by signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
-                   WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS ? " (SIGBUS: mapped weights past the new end of file)" : "");
-            /* Either outcome is recorded; what must not happen is a hang or another crash. */
-            CHECK(WIFEXITED(st) ? WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 4 : WTERMSIG(st) == SIGBUS);
-        } else if (!CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0)) { /* rename over it: harmless */
-            fprintf(stderr, "  replaced artifact: child %s %d\n", WIFSIGNALED(st) ? "killed by signal" : "exited with",
-                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-        }
+        char arg[8];
+        snprintf(arg, sizeof arg, "%d", variant);
+        int st = run_child("change", arg, path);
+        bool sigbus = WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS;
+        printf("read      file changed (variant %d)    %-14s: child %s %d%s\n", variant, mc->name,
+               WIFSIGNALED(st) ? "killed by signal" : "exited with", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+               sigbus ? " (SIGBUS: mapped weights past the new end of file)" : "");
+        if (variant == 1 || variant == 3)
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        else
+            CHECK(WIFEXITED(st) ? WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 4 : sigbus);
     }
     unlink(path);
     free(b);
@@ -703,7 +746,8 @@ int main(int argc, char **argv)
     }
     if (!only || strstr("io", only)) {
         test_odd_files();
-        test_shrink_after_open(&cases[0]);
+        for (int c = 0; c < n_cases; c++)
+            test_file_changes(&cases[c]);
     }
     for (int c = 0; c < n_cases; c++) {
         free(cases[c].x.data);
