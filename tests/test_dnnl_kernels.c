@@ -3,9 +3,9 @@
  * oneDNN takes, a one-op program built by hand runs through kd_create (must succeed) and
  * kr_create on the same random inputs, and the outputs must agree within 1e-4 of the
  * largest reference magnitude. Also: the dispatcher (kk_create) on supported and declined
- * ops, trace-time weight packing and reuse in place, reorder of foreign layouts (with the
- * bytes counted in *copied), unpacking for the reference kernels, corrupt layout
- * descriptors, and cores of one and two threads.
+ * ops, trace-time weight packing and reuse in place (also of one weight shared by two
+ * ops), reorder of foreign layouts (with the bytes counted in *copied), unpacking for the
+ * reference kernels, corrupt layout descriptors, and cores of one and two threads.
  */
 #include "kernels/kernels_impl.h"
 #include "testutil.h"
@@ -188,7 +188,7 @@ static double run_compare(tp *t, const char *what, bool via_kk, int alias_sum,
     double worst = INFINITY;
     kk_kernel *kd = NULL, *kr = NULL;
     kiln_status s = via_kk ? kk_create(core, p, 0, pd, &kd, copied)
-                           : kd_create(core, p, 0, pd, &kd, copied);
+                           : kd_create(core, NULL, p, 0, pd, &kd, copied);
     if (!CHECK_OK(s)) {
         fprintf(stderr, "  in %s\n", what);
         goto out;
@@ -465,7 +465,7 @@ static void test_conv_post(void)
             ptr[v] = t->buf[v];
         ptr[t->io[5]] = t->buf[outs(t)[0]];
         kk_kernel *k = NULL;
-        CHECK_STATUS(kd_create(core, &t->p, 0, ptr, &k, NULL), KILN_ERR_UNSUPPORTED);
+        CHECK_STATUS(kd_create(core, NULL, &t->p, 0, ptr, &k, NULL), KILN_ERR_UNSUPPORTED);
         CHECK(k == NULL);
     }
     tp_free(t);
@@ -803,7 +803,7 @@ static void test_unary(void)
             ref[j] = tanhf(((float *)t->buf[x])[j]);
         void *ptr[2] = { t->buf[x], t->buf[x] };
         kk_kernel *k = NULL;
-        CHECK_OK(kd_create(core, &t->p, 0, ptr, &k, NULL));
+        CHECK_OK(kd_create(core, NULL, &t->p, 0, ptr, &k, NULL));
         if (k) {
             CHECK_OK(kk_run(k));
             CHECK(rel_err(t->buf[x], ref, n) <= 1e-5);
@@ -997,6 +997,72 @@ static void test_packing_matmul(void)
 out:
     kiln__free(packed);
     kiln__free(layout);
+    tp_free(t);
+}
+
+/* One weight read by two MatMuls of the same shapes (BERT's layers share theirs): packing it
+ * for either op gives the same bytes and descriptor, so the compiler may store it packed
+ * once; both kernels then use it in place (nothing copied), with or without a plan. */
+static void test_packing_shared(void)
+{
+    tp *t = tp_new();
+    int64_t as[2] = { 64, 256 }, bs[2] = { 256, 768 }, ys[2] = { 64, 768 }, bias[1] = { 768 };
+    int a1 = act(t, 2, as), a2 = act(t, 2, as), b = cst(t, 2, bs), bb = cst(t, 1, bias);
+    int y1 = act(t, 2, ys), y2 = act(t, 2, ys);
+    int in1[3] = { a1, b, bb }, in2[3] = { a2, b, bb };
+    int64_t ia1[1] = { 0 }, ia2[3] = { 1, KP_POST_UNARY, KP_U_RELU };
+    float fa2[2] = { 0, 0 };
+    tp_op(t, KP_MATMUL, 0, in1, 3, &y1, 1, ia1, 1, NULL, 0);
+    tp_op(t, KP_MATMUL, 0, in2, 3, &y2, 1, ia2, 3, fa2, 2);
+    t->outputs[t->p.n_outputs++] = (uint32_t)y2;
+    const int ys_[2] = { y1, y2 };
+
+    /* reference outputs, from the dense weight */
+    float *want[2] = { NULL, NULL };
+    kk_kernel *k[2] = { NULL, NULL };
+    void *packed[2] = { NULL, NULL }, *layout[2] = { NULL, NULL };
+    size_t n_packed[2] = { 0, 0 }, n_layout[2] = { 0, 0 };
+    kk_plan *plan = NULL;
+    for (int j = 0; j < 2; j++) {
+        bool ok = CHECK_OK(kr_create(&t->p, (uint32_t)j, t->buf, &k[j])) && CHECK_OK(kk_run(k[j]));
+        kk_free(k[j]);
+        if (!ok)
+            goto out;
+        size_t n = t->vals[ys_[j]].nbytes;
+        want[j] = malloc(n);
+        memcpy(want[j], t->buf[ys_[j]], n);
+        memset(t->buf[ys_[j]], 0x7f, n);
+    }
+    for (int j = 0; j < 2; j++)
+        CHECK_OK(kk_pack_weight(&t->p, (uint32_t)j, 1, t->buf[b], &packed[j], &n_packed[j],
+                                &layout[j], &n_layout[j]));
+    if (!CHECK(packed[0] && packed[1]))   /* AVX-512: oneDNN's matmul wants B blocked */
+        goto out;
+    CHECK(n_layout[0] == n_layout[1] && memcmp(layout[0], layout[1], n_layout[0]) == 0);
+    CHECK(n_packed[0] == n_packed[1] && memcmp(packed[0], packed[1], n_packed[0]) == 0);
+    use_packed(t, b, packed[0], n_packed[0], layout[0], n_layout[0]);
+
+    CHECK_OK(kk_program_plan(&t->p, &plan));
+    for (int with_plan = 0; with_plan < 2; with_plan++) {
+        uint64_t copied = 0;
+        for (int j = 0; j < 2; j++) {
+            kiln_status s = with_plan
+                                ? kk_create_planned(core, plan, (uint32_t)j, t->buf, &k[j], &copied)
+                                : kk_create(core, &t->p, (uint32_t)j, t->buf, &k[j], &copied);
+            if (CHECK_OK(s) && CHECK_OK(kk_run(k[j])))
+                CHECK(rel_err(t->buf[ys_[j]], want[j], kp_value_numel(&t->vals[ys_[j]])) <= 1e-4);
+            kk_free(k[j]);
+            memset(t->buf[ys_[j]], 0x7f, t->vals[ys_[j]].nbytes);
+        }
+        CHECK(copied == 0);
+    }
+out:
+    kk_plan_free(plan);
+    for (int j = 0; j < 2; j++) {
+        kiln__free(packed[j]);
+        kiln__free(layout[j]);
+        free(want[j]);
+    }
     tp_free(t);
 }
 
@@ -1406,8 +1472,8 @@ static void test_cores(void)
         pb_[v] = big->buf[v];
     }
     kk_kernel *ks = NULL, *kb = NULL, *kr = NULL;
-    CHECK_OK(kd_create(c2, &small->p, 0, ps_, &ks, NULL));
-    CHECK_OK(kd_create(c2, &big->p, 0, pb_, &kb, NULL));
+    CHECK_OK(kd_create(c2, NULL, &small->p, 0, ps_, &ks, NULL));
+    CHECK_OK(kd_create(c2, NULL, &big->p, 0, pb_, &kb, NULL));
     int yv = outs(small)[0];
     size_t ny = small->vals[yv].nbytes;
     float *want = malloc(ny), *got = small->buf[yv];
@@ -1450,6 +1516,7 @@ int main(void)
     test_unary();
     test_binary();
     test_packing_matmul();
+    test_packing_shared();
     test_packing_conv();
     test_chains();
     test_cores();

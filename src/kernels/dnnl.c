@@ -7,7 +7,7 @@
  * byte format of a packed-layout descriptor (kp_value.layout).
  *
  * Activations are dense C order (nchw, ab, ...) f32 as the rest of kiln sees them; only
- * between oneDNN convolutions and poolings are they kept nhwc (see act_cl). Convolutions
+ * between oneDNN convolutions and poolings are they kept nhwc (see kd_plan_layouts). Convolutions
  * run channels-last inside (brgemm kernels), reordering whatever meets them dense.
  *
  * Packed-layout descriptor (version 1), little-endian, all integers signed 64-bit unless
@@ -25,7 +25,9 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { KD_MAX_POST = 16, KD_MAX_ARGS = 8 + KD_MAX_POST };
@@ -50,10 +52,14 @@ static kiln_status get_engine(dnnl_engine_t *e)
     return KILN_OK;
 }
 
+/* A core's oneDNN state. stream, scratch and scratch_bytes belong to the core's thread (kd_run,
+ * kd_core_reserve); kernels created on other threads only raise `want` (atomically) and
+ * never read the others, so creation and running need no lock between them. */
 typedef struct kd_core {
     dnnl_stream_t stream;
     void   *scratch;            /* shared by the core's kernels (they run one at a time) */
     size_t  scratch_bytes;
+    _Atomic size_t want;        /* the largest scratch need of any kernel created so far */
 } kd_core;
 
 kiln_status kd_core_init(kk_core *c)
@@ -65,6 +71,7 @@ kiln_status kd_core_init(kk_core *c)
     kd_core *d = kiln__calloc(1, sizeof *d);
     if (!d)
         return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory for a core");
+    atomic_init(&d->want, 0);
     dnnl_status_t s = dnnl_stream_create(&d->stream, e, dnnl_stream_default_flags);
     if (s != dnnl_success) {
         kiln__free(d);
@@ -86,9 +93,24 @@ void kd_core_fini(kk_core *c)
     c->dnnl = NULL;
 }
 
-/* Grows the core's scratchpad to at least n bytes (its contents need not survive). */
+/* Records that a kernel of the core needs n bytes of scratch (any thread). */
+static void core_want(kd_core *d, size_t n)
+{
+    size_t cur = atomic_load_explicit(&d->want, memory_order_relaxed);
+    while (cur < n &&
+           !atomic_compare_exchange_weak_explicit(&d->want, &cur, n, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
+
+/* On the core's thread: grows the scratchpad to at least n bytes, and to what every kernel
+ * created so far wants, so it grows once rather than kernel by kernel (contents need not
+ * survive). */
 static kiln_status core_scratch(kd_core *d, size_t n)
 {
+    size_t want = atomic_load_explicit(&d->want, memory_order_relaxed);
+    if (want > n)
+        n = want;
     if (n <= d->scratch_bytes)
         return KILN_OK;
     size_t cap = (size_t)kiln__align_up(n, 4096);
@@ -99,6 +121,12 @@ static kiln_status core_scratch(kd_core *d, size_t n)
     d->scratch = b;
     d->scratch_bytes = cap;
     return KILN_OK;
+}
+
+kiln_status kd_core_reserve(kk_core *c)
+{
+    kd_core *d = c->dnnl;
+    return d ? core_scratch(d, 0) : KILN_OK;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -280,6 +308,15 @@ static bool plan_post(const kp_program *p, const kp_op *op, uint32_t at, kd_plan
     return true;
 }
 
+/* A conv/pool's spatial attributes come from the artifact, untrusted: bounded like the
+ * reference kernels' (ref.h), so the window arithmetic below cannot overflow. */
+static bool spatial_ok(int64_t k, int64_t s, int64_t dl, int64_t b, int64_t e, int64_t in, int64_t out)
+{
+    const int64_t max_attr = INT64_C(1) << 20, max_extent = INT64_C(1) << 40;
+    return k >= 1 && s >= 1 && dl >= 1 && b >= 0 && e >= 0 && k <= max_extent && s <= max_attr &&
+           dl <= max_attr && b <= max_attr && e <= max_attr && in <= max_extent && out <= max_extent;
+}
+
 static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool transpose)
 {
     const int64_t *ia = kp_op_ia(p, op);
@@ -287,7 +324,7 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
     if (op->n_out < 1 || op->n_in < 2 || op->n_ia < 2)
         return false;
     int64_t g = ia[0], nsp = ia[1];
-    if (nsp < 1 || nsp > 3 || g < 1)
+    if (nsp < 1 || nsp > 3 || g < 1 || g > (INT64_C(1) << 20))
         return false;
     uint32_t fixed = 2 + (uint32_t)((transpose ? 5 : 4) * nsp);
     pl->x = in[0];
@@ -312,8 +349,8 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
         return false;
     pl->b = main == 3 ? in[2] : -1;
     int64_t N = X->shape[0], C = X->shape[1], O = Y->shape[1];
-    if (Y->shape[0] != N || C % g || O % g)
-        return false;
+    if (Y->shape[0] != N || C % g || O % g || W->shape[1] > (INT64_C(1) << 40))
+        return false;   /* (bounds: W->shape[1] * g below stays in range) */
     if (transpose ? (W->shape[0] != C || W->shape[1] * g != O)
                   : (W->shape[0] != O || W->shape[1] * g != C))
         return false;
@@ -328,9 +365,10 @@ static bool plan_conv(const kp_program *p, const kp_op *op, kd_plan *pl, bool tr
     for (int d = 0; d < nsp; d++) {
         int64_t s = ia[2 + d], dl = ia[2 + nsp + d], b = ia[2 + 2 * nsp + d],
                 e = ia[2 + 3 * nsp + d], k = W->shape[2 + d];
-        if (s < 1 || dl < 1 || b < 0 || e < 0 || k < 1)
+        int64_t in_sp = X->shape[2 + d], out_sp = Y->shape[2 + d];
+        if (!spatial_ok(k, s, dl, b, e, in_sp, out_sp))
             return false;
-        int64_t in_sp = X->shape[2 + d], out_sp = Y->shape[2 + d], range = (k - 1) * dl + 1;
+        int64_t range = (k - 1) * dl + 1;
         pl->strides[d] = s;
         pl->dil[d] = dl - 1;
         pl->pl[d] = b;
@@ -514,9 +552,10 @@ static bool plan_pool(const kp_program *p, const kp_op *op, kd_plan *pl, bool gl
     for (int d = 0; d < nsp; d++) {
         int64_t k = ia[1 + d], s = ia[1 + nsp + d], dl = ia[1 + 2 * nsp + d],
                 b = ia[1 + 3 * nsp + d], e = ia[1 + 4 * nsp + d];
-        if (k < 1 || s < 1 || dl != 1 || b < 0 || e < 0)
+        int64_t in_sp = X->shape[2 + d], out_sp = Y->shape[2 + d];
+        if (dl != 1 || !spatial_ok(k, s, dl, b, e, in_sp, out_sp))
             return false;   /* dilated pooling: oneDNN 2.6 has only its reference */
-        int64_t in_sp = X->shape[2 + d], out_sp = Y->shape[2 + d], range = (k - 1) * dl + 1;
+        int64_t range = (k - 1) * dl + 1;
         int64_t num = in_sp + b + e - range;
         if (num >= 0 && num / s + 1 == out_sp) {
             pl->pr[d] = e;   /* floor mode, or ceil mode that changed nothing */
@@ -724,49 +763,22 @@ bool kd_supports(const kp_program *p, uint32_t i)
  * and values a free reshape (a value no op produces, sharing the storage) reads, stay
  * dense. A kernel that touches an nhwc value never declines to the reference kernels: it
  * reorders around whatever primitive it gets, or fails (KILN_ERR_INTERNAL).
+ *
+ * kd_plan_layouts decides it for a whole program once (kk_program_plan: one pass over the
+ * ops, then per candidate a look at the few free reshapes meeting its storage); kd_create
+ * without a plan asks the same function about its own op's values only.
  * ------------------------------------------------------------------------------------- */
 
-/* Op j touches value v in a way its oneDNN kernel can do channels-last. */
-static bool cl_role(const kp_program *p, uint32_t j, int v, bool producer)
+/* Whether op j's oneDNN kernel (plan pl) can read value v channels-last: as its input, or
+ * as a convolution's sum operand. */
+static bool reads_cl(const kd_plan *pl, int v)
 {
-    const kp_op *op = &p->ops[j];
-    if (op->kind != KP_CONV && op->kind != KP_POOL && op->kind != KP_GLOBAL_POOL)
-        return false;
-    kd_plan pl;
-    if (!plan_op(p, j, &pl) || pl.extended)
-        return false;
-    if (producer)
-        return pl.y == v;
-    if (pl.x == v)
+    if (pl->x == v)
         return true;
-    for (int k = 0; k < pl.n_post; k++)
-        if (pl.post[k].type == KP_POST_SUM && pl.post[k].operand == v)
+    for (int k = 0; k < pl->n_post; k++)
+        if (pl->post[k].type == KP_POST_SUM && pl->post[k].operand == v)
             return true;
     return false;
-}
-
-/* The op that produces v, or -1. */
-static int producer_of(const kp_program *p, int v)
-{
-    for (uint32_t j = 0; j < p->n_ops; j++) {
-        const int32_t *out = kp_op_out(p, &p->ops[j]);
-        for (int k = 0; k < p->ops[j].n_out; k++)
-            if (out[k] == v)
-                return (int)j;
-    }
-    return -1;
-}
-
-/* The first op that reads v, or -1. */
-static int first_reader(const kp_program *p, int v)
-{
-    for (uint32_t j = 0; j < p->n_ops; j++) {
-        const int32_t *in = kp_op_in(p, &p->ops[j]);
-        for (int k = 0; k < p->ops[j].n_in; k++)
-            if (in[k] == v)
-                return (int)j;
-    }
-    return -1;
 }
 
 static bool ranges_meet(const kp_value *a, const kp_value *b)
@@ -774,64 +786,168 @@ static bool ranges_meet(const kp_value *a, const kp_value *b)
     return a->offset < b->offset + b->nbytes && b->offset < a->offset + a->nbytes;
 }
 
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* What one pass over the program learns about every value. */
+typedef struct cl_scan {
+    const kp_program *p;
+    int32_t  *prod;             /* the first op that writes v, or -1 */
+    uint8_t  *nprod;            /* how many ops write v (at most 2 counted) */
+    int32_t  *first;            /* the first op that reads v, or -1 */
+    uint8_t  *is_out;           /* v is a graph output */
+    int32_t  *alias;            /* ACT values no op writes (free reshapes' views) */
+    uint32_t  n_alias;
+    int32_t **writes;           /* per alias u (lazily): sorted ops writing storage that meets u's */
+    int32_t  *n_writes;
+} cl_scan;
+
+/* The sorted list of ops that write a value whose storage meets alias u's (built once). */
+static kiln_status alias_writes(cl_scan *sc, int u)
+{
+    if (sc->writes[u])
+        return KILN_OK;
+    const kp_program *p = sc->p;
+    int32_t n = 0, *w = kiln__malloc((size_t)p->n_values * sizeof *w + 1);
+    if (!w)
+        return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory planning layouts");
+    for (uint32_t t = 0; t < p->n_values; t++)
+        if (sc->nprod[t] && ranges_meet(&p->values[t], &p->values[u]))
+            w[n++] = sc->prod[t];
+    qsort(w, (size_t)n, sizeof *w, cmp_i32);
+    sc->writes[u] = w;
+    sc->n_writes[u] = n;
+    return KILN_OK;
+}
+
 /* Whether some value no op produces (a free reshape) reads v's data: one whose storage
  * meets v's and that is first read (by an op, or as a graph output after the last op)
  * after v is written, with no other write to that storage in between (the arena reuses
  * storage, so meeting alone proves nothing). */
-static bool aliased(const kp_program *p, int v, int pv)
+static kiln_status aliased(cl_scan *sc, int v, bool *out)
 {
-    const kp_value *x = &p->values[v];
-    for (uint32_t u = 0; u < p->n_values; u++) {
-        const kp_value *w = &p->values[u];
-        if ((int)u == v || w->kind != KP_VAL_ACT || !ranges_meet(w, x) ||
-            producer_of(p, (int)u) >= 0)
+    const kp_program *p = sc->p;
+    int32_t pv = sc->prod[v];
+    *out = false;
+    for (uint32_t a = 0; a < sc->n_alias; a++) {
+        int u = sc->alias[a];
+        if (!ranges_meet(&p->values[u], &p->values[v]))
             continue;
-        int cw = first_reader(p, (int)u);
-        for (uint32_t j = 0; j < p->n_outputs && cw < 0; j++)
-            if (p->outputs[j] == u)
-                cw = (int)p->n_ops;   /* a graph output: read after the last op */
+        int64_t cw = sc->first[u] >= 0 ? sc->first[u] : sc->is_out[u] ? (int64_t)p->n_ops : -1;
         if (cw <= pv)
             continue;   /* never read, or read before v exists */
-        bool rewritten = false;
-        for (uint32_t t = 0; t < p->n_values && !rewritten; t++) {
-            if ((int)t == v || !ranges_meet(&p->values[t], w))
-                continue;
-            int pt = producer_of(p, (int)t);
-            rewritten = pt > pv && pt < cw;
+        kiln_status st = alias_writes(sc, u);
+        if (st)
+            return st;
+        /* the first write after pv: rewritten if it comes before cw */
+        const int32_t *w = sc->writes[u];
+        int32_t lo = 0, hi = sc->n_writes[u];
+        while (lo < hi) {
+            int32_t mid = lo + (hi - lo) / 2;
+            if (w[mid] <= pv)
+                lo = mid + 1;
+            else
+                hi = mid;
         }
-        if (!rewritten)
-            return true;
+        if (lo == sc->n_writes[u] || w[lo] >= cw) {
+            *out = true;
+            return KILN_OK;
+        }
     }
-    return false;
+    return KILN_OK;
 }
 
-static bool act_cl(const kp_program *p, int v)
+/* The channels-last rule above, for every value asked about (cl[v] != 0), in one pass over
+ * the ops plus, per value asked about, a look at the free reshapes whose storage meets it. */
+kiln_status kd_plan_layouts(const kp_program *p, uint8_t *cl)
 {
-    if (v < 0 || (uint32_t)v >= p->n_values)
-        return false;
-    const kp_value *x = &p->values[v];
-    if (x->kind != KP_VAL_ACT || x->dtype != KILN_F32 || x->ndim < 3 || x->ndim > 5 ||
-        x->n_layout)
-        return false;
-    for (uint32_t j = 0; j < p->n_outputs; j++)
-        if (p->outputs[j] == (uint32_t)v)
-            return false;
-    int producers = 0, readers = 0;
+    uint32_t nv = p->n_values;
+    if (!nv)
+        return KILN_OK;
+    kiln_status st = KILN_OK;
+    cl_scan sc = { .p = p };
+    sc.prod = kiln__malloc(nv * sizeof *sc.prod);
+    sc.first = kiln__malloc(nv * sizeof *sc.first);
+    sc.alias = kiln__malloc(nv * sizeof *sc.alias);
+    sc.n_writes = kiln__malloc(nv * sizeof *sc.n_writes);
+    sc.nprod = kiln__calloc(nv, 1);
+    sc.is_out = kiln__calloc(nv, 1);
+    sc.writes = kiln__calloc(nv, sizeof *sc.writes);
+    if (!sc.prod || !sc.first || !sc.alias || !sc.n_writes || !sc.nprod || !sc.is_out ||
+        !sc.writes) {
+        st = kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory planning layouts");
+        goto done;
+    }
+    for (uint32_t v = 0; v < nv; v++)
+        sc.prod[v] = sc.first[v] = -1;
     for (uint32_t j = 0; j < p->n_ops; j++) {
         const kp_op *op = &p->ops[j];
         const int32_t *in = kp_op_in(p, op), *out = kp_op_out(p, op);
-        for (int k = 0; k < op->n_out; k++)
-            if (out[k] == v && (++producers > 1 || !cl_role(p, j, v, true)))
-                return false;
-        for (int k = 0; k < op->n_in; k++)
-            if (in[k] == v && (++readers, !cl_role(p, j, v, false)))
-                return false;
+        bool asked = false;
+        for (int k = 0; k < op->n_out && !asked; k++)
+            asked = out[k] >= 0 && (uint32_t)out[k] < nv && cl[out[k]];
+        for (int k = 0; k < op->n_in && !asked; k++)
+            asked = in[k] >= 0 && (uint32_t)in[k] < nv && cl[in[k]];
+        kd_plan pl;
+        bool dnnl_cl = asked &&
+                       (op->kind == KP_CONV || op->kind == KP_POOL || op->kind == KP_GLOBAL_POOL) &&
+                       plan_op(p, j, &pl) && !pl.extended;
+        for (int k = 0; k < op->n_out; k++) {
+            int v = out[k];
+            if (v < 0 || (uint32_t)v >= nv)
+                continue;
+            if (!sc.nprod[v])
+                sc.prod[v] = (int32_t)j;
+            if (sc.nprod[v] < 2)
+                sc.nprod[v]++;
+            if (cl[v] && !(dnnl_cl && pl.y == v))
+                cl[v] = 0;
+        }
+        for (int k = 0; k < op->n_in; k++) {
+            int v = in[k];
+            if (v < 0 || (uint32_t)v >= nv)
+                continue;
+            if (sc.first[v] < 0)
+                sc.first[v] = (int32_t)j;
+            if (cl[v] && !(dnnl_cl && reads_cl(&pl, v)))
+                cl[v] = 0;
+        }
     }
-    /* unread: dense (an op being folded at trace time has no readers yet, and the
-     * compiler reads its result) */
-    if (producers != 1 || readers == 0)
-        return false;
-    return !aliased(p, v, producer_of(p, v));
+    for (uint32_t j = 0; j < p->n_outputs; j++)
+        if (p->outputs[j] < nv)
+            sc.is_out[p->outputs[j]] = 1;
+    for (uint32_t u = 0; u < nv; u++)
+        if (p->values[u].kind == KP_VAL_ACT && !sc.nprod[u])
+            sc.alias[sc.n_alias++] = (int32_t)u;
+    for (uint32_t v = 0; v < nv; v++) {
+        if (!cl[v])
+            continue;
+        const kp_value *x = &p->values[v];
+        /* written by exactly one op and read by some (an op being folded at trace time has
+         * no readers yet, and the compiler reads its result dense) */
+        bool ok = x->kind == KP_VAL_ACT && x->dtype == KILN_F32 && x->ndim >= 3 &&
+                  x->ndim <= 5 && !x->n_layout && !sc.is_out[v] && sc.nprod[v] == 1 &&
+                  sc.first[v] >= 0;
+        bool al = false;
+        if (ok && (st = aliased(&sc, (int)v, &al)))
+            goto done;
+        cl[v] = ok && !al;
+    }
+done:
+    if (sc.writes)
+        for (uint32_t u = 0; u < nv; u++)
+            kiln__free(sc.writes[u]);
+    kiln__free(sc.writes);
+    kiln__free(sc.prod);
+    kiln__free(sc.first);
+    kiln__free(sc.alias);
+    kiln__free(sc.n_writes);
+    kiln__free(sc.nprod);
+    kiln__free(sc.is_out);
+    return st;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -1076,33 +1192,56 @@ static void md_any(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims)
     KILN_ASSERT(s == dnnl_success);
 }
 
-/* One-off reorder src -> dst on stream s (used when creating kernels and packing). */
-static dnnl_status_t reorder(dnnl_stream_t s, const dnnl_memory_desc_t *smd, const void *src,
+/* One-off reorder src -> dst (weights: at creation, packing, unpacking), on the calling
+ * thread: on a stream made for it here (a core's stream belongs to the core's thread, and
+ * oneDNN streams are not for sharing between threads) and with a scratchpad of its own
+ * (user mode: nothing shared with other threads' primitives). */
+static dnnl_status_t reorder(const dnnl_memory_desc_t *smd, const void *src,
                              const dnnl_memory_desc_t *dmd, void *dst)
 {
+    dnnl_primitive_attr_t attr = NULL;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t prim = NULL;
-    dnnl_memory_t ms = NULL, md = NULL;
-    dnnl_engine_t e = NULL;
-    dnnl_status_t r = dnnl_stream_get_engine(s, &e);
+    dnnl_memory_t ms = NULL, md = NULL, mp = NULL;
+    dnnl_stream_t stream = NULL;
+    void *pad = NULL;
+    dnnl_engine_t e = engine;   /* get_engine has succeeded before any caller gets here */
+    dnnl_status_t r = dnnl_primitive_attr_create(&attr);
     if (r == dnnl_success)
-        r = dnnl_reorder_primitive_desc_create(&pd, smd, e, dmd, e, NULL);
+        r = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (r == dnnl_success)
+        r = dnnl_reorder_primitive_desc_create(&pd, smd, e, dmd, e, attr);
     if (r == dnnl_success)
         r = dnnl_primitive_create(&prim, pd);
     if (r == dnnl_success)
         r = dnnl_memory_create(&ms, smd, e, (void *)src);
     if (r == dnnl_success)
         r = dnnl_memory_create(&md, dmd, e, dst);
+    const dnnl_memory_desc_t *spmd =
+        r == dnnl_success ? dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) : NULL;
+    size_t nsp = spmd ? dnnl_memory_desc_get_size(spmd) : 0;
+    if (nsp && !(pad = kiln__aligned_alloc(4096, (size_t)kiln__align_up(nsp, 4096))))
+        r = dnnl_out_of_memory;
+    if (r == dnnl_success && nsp)
+        r = dnnl_memory_create(&mp, spmd, e, pad);
+    if (r == dnnl_success)
+        r = dnnl_stream_create(&stream, e, dnnl_stream_default_flags);
     if (r == dnnl_success) {
-        dnnl_exec_arg_t args[2] = { { DNNL_ARG_FROM, ms }, { DNNL_ARG_TO, md } };
-        r = dnnl_primitive_execute(prim, s, 2, args);
+        dnnl_exec_arg_t args[3] = { { DNNL_ARG_FROM, ms }, { DNNL_ARG_TO, md },
+                                    { DNNL_ARG_SCRATCHPAD, mp } };
+        r = dnnl_primitive_execute(prim, stream, nsp ? 3 : 2, args);
     }
     if (r == dnnl_success)
-        r = dnnl_stream_wait(s);
+        r = dnnl_stream_wait(stream);
+    if (stream)
+        dnnl_stream_destroy(stream);
     dnnl_memory_destroy(ms);
     dnnl_memory_destroy(md);
+    dnnl_memory_destroy(mp);
+    kiln__free(pad);
     dnnl_primitive_destroy(prim);
     dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_attr_destroy(attr);
     return r;
 }
 
@@ -1271,8 +1410,10 @@ typedef struct kd_step {
  * primitive); a channels-last conv has reorder in, [reorder of the sum operand], conv,
  * reorder out, with its channels-last tensors in the core's scratch buffer; post-ops not
  * fused into the primitive follow as in-place steps on the destination. Memory objects
- * are made once here; kd_run only re-points the scratch-bound ones if the core's scratch
- * buffer moved (it grows when a later kernel needs more). */
+ * are made once, by kd_create on whatever thread creates the kernel; after that only the
+ * core's thread touches the kernel: kd_run grows the core's scratch if it is smaller than
+ * scratch_need and points the scratch-bound memories into it whenever it is not the
+ * buffer they saw last (new kernel, or the scratch grew for another kernel). */
 typedef struct kd_kernel {
     kk_kernel base;
     kd_core  *core;
@@ -1283,7 +1424,8 @@ typedef struct kd_kernel {
     int       nbound;
     struct { dnnl_memory_t mem; size_t off; } bound[KD_MAX_BOUND];   /* in core scratch */
     size_t    scratch_need;             /* bytes of core scratch this kernel uses */
-    void     *scratch_seen;             /* the core scratch the bound memories point at */
+    void     *scratch_seen;             /* the core scratch the bound memories point at (NULL:
+                                           not yet pointed) */
     void     *owned;                    /* reordered weights (kiln__aligned_alloc) */
     const void *sum_src;                /* sum post-op operand to copy into dst first */
     void     *sum_dst;
@@ -1294,6 +1436,13 @@ static kiln_status kd_run(kk_kernel *kk)
 {
     kd_kernel *k = (kd_kernel *)kk;
     kd_core *core = k->core;
+    if (k->scratch_need > core->scratch_bytes) {
+        kiln_status st = core_scratch(core, k->scratch_need);
+        if (st) {
+            kiln__error_prefix("op %u '%s'", kk->op, kp_str(kk->prog, kk->prog->ops[kk->op].name));
+            return st;
+        }
+    }
     if (k->nbound && k->scratch_seen != core->scratch) {
         for (int j = 0; j < k->nbound; j++)
             dnnl_memory_set_data_handle(k->bound[j].mem, (char *)core->scratch + k->bound[j].off);
@@ -1337,12 +1486,14 @@ static dnnl_memory_t new_mem(kd_kernel *k, const dnnl_memory_desc_t *md, void *p
     return m;
 }
 
-/* The same over bytes [off, off + size of md) of the core's scratch buffer. */
+/* The same over bytes [off, off + size of md) of the core's scratch buffer: made without a
+ * buffer (the scratch may not exist yet, and only the core's thread may look at it); kd_run
+ * points it into the scratch before the kernel first runs. */
 static dnnl_memory_t bound_mem(kd_kernel *k, const dnnl_memory_desc_t *md, size_t off,
                                dnnl_status_t *s)
 {
     KILN_ASSERT(k->nbound < KD_MAX_BOUND);
-    dnnl_memory_t m = new_mem(k, md, (char *)k->core->scratch + off, s);
+    dnnl_memory_t m = new_mem(k, md, DNNL_MEMORY_NONE, s);
     if (m) {
         k->bound[k->nbound].mem = m;
         k->bound[k->nbound].off = off;
@@ -1477,8 +1628,9 @@ static kiln_status bind_weights(kd_kernel *k, kd_step *step, const kp_program *p
         if (!k->owned)
             return kiln__fail(KILN_ERR_NOMEM, "op %u '%s': out of memory reordering weights", i,
                               kp_str(p, p->ops[i].name));
-        memset(k->owned, 0, n);
-        DNNL_TRY(reorder(k->core->stream, &have, data, want, k->owned), "weight reorder");
+        if (n > val_bytes(p, pl->w))
+            memset(k->owned, 0, n);   /* padded blocks: zeros, whatever the reorder writes */
+        DNNL_TRY(reorder(&have, data, want, k->owned), "weight reorder");
         data = k->owned;
         if (copied)
             *copied += n;
@@ -1598,24 +1750,54 @@ static void md_layout(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims, bo
         md_plain(md, nd, dims);
 }
 
-kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *ptr,
-                      kk_kernel **out, uint64_t *copied)
+/* How a spatial op's X, Y and sum operands are stored: from the program's plan, or worked
+ * out for these values alone. */
+static kiln_status op_layouts(const kk_plan *plan, const kp_program *p, const kd_plan *pl,
+                              bool *xs_cl, bool *ys_cl, bool *op_cl)
+{
+    uint8_t *cl = plan ? plan->cl : kiln__calloc(p->n_values ? p->n_values : 1, 1);
+    if (!cl)
+        return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory planning layouts");
+    if (!plan) {
+        cl[pl->x] = cl[pl->y] = 1;
+        for (int j = 0; j < pl->n_post; j++)
+            if (pl->post[j].type == KP_POST_SUM)
+                cl[pl->post[j].operand] = 1;
+        kiln_status st = kd_plan_layouts(p, cl);
+        if (st) {
+            kiln__free(cl);
+            return st;
+        }
+    }
+    *xs_cl = cl[pl->x];
+    *ys_cl = cl[pl->y];
+    for (int j = 0; j < pl->n_post; j++)
+        op_cl[j] = pl->post[j].type == KP_POST_SUM && cl[pl->post[j].operand];
+    if (!plan)
+        kiln__free(cl);
+    return KILN_OK;
+}
+
+kiln_status kd_create(kk_core *c, const kk_plan *plan, const kp_program *p, uint32_t i,
+                      void *const *ptr, kk_kernel **out, uint64_t *copied)
 {
     kd_plan pl;
-    if (!c || !c->dnnl || !ptr || !out)
+    if (!c || !c->dnnl || !ptr || !out || (plan && plan->prog != p))
         return kiln__fail(KILN_ERR_ARG, "kd_create: bad argument");
     if (!plan_op(p, i, &pl))
         return kiln__fail(KILN_ERR_UNSUPPORTED, "op %u '%s': not a oneDNN op", i,
                           p && i < p->n_ops ? kp_str(p, p->ops[i].name) : "");
-    /* How X, Y and sum operands are stored (see act_cl). A kernel that touches a value
-     * stored channels-last must not hand the op to the reference kernels (they read dense
-     * C order): it fails instead of declining. */
+    /* How X, Y and sum operands are stored (see kd_plan_layouts). A kernel that touches a
+     * value stored channels-last must not hand the op to the reference kernels (they read
+     * dense C order): it fails instead of declining. */
     bool spatial = pl.kind == KP_CONV || pl.kind == KP_POOL || pl.kind == KP_GLOBAL_POOL;
-    bool xs_cl = spatial && act_cl(p, pl.x), ys_cl = spatial && act_cl(p, pl.y), touches = false;
+    bool xs_cl = false, ys_cl = false, touches = false;
     bool op_cl[KD_MAX_POST] = { false };
+    kiln_status st = KILN_OK;
+    if (spatial && (st = op_layouts(plan, p, &pl, &xs_cl, &ys_cl, op_cl)))
+        return st;
     for (int j = 0; j < pl.n_post; j++)
-        if (pl.post[j].type == KP_POST_SUM && spatial)
-            touches |= op_cl[j] = act_cl(p, pl.post[j].operand);
+        touches |= op_cl[j];
     touches |= xs_cl || ys_cl;
     const kiln_status decline = touches ? KILN_ERR_INTERNAL : KILN_ERR_UNSUPPORTED;
     if (pl.kind == KP_POOL || pl.kind == KP_GLOBAL_POOL)
@@ -1624,7 +1806,6 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
         return kiln__fail(decline, "op %u '%s': buffers overlap in a way oneDNN cannot run", i,
                           kp_str(p, p->ops[i].name));
     kd_core *core = c->dnnl;
-    kiln_status st = KILN_OK;
     dnnl_engine_t e = NULL;
     if ((st = get_engine(&e)))
         return st;
@@ -1703,10 +1884,8 @@ kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i, void *const *
         need = off_y = off_x + (size_t)kiln__align_up(val_bytes(p, pl.x), 4096);
     if (y_re)
         need = off_y + val_bytes(p, pl.y);
-    if ((st = core_scratch(core, need)))
-        goto done;
     k->scratch_need = need;
-    k->scratch_seen = core->scratch;
+    core_want(core, need);   /* the core's thread grows it (kd_run), never this one */
 
     kd_step *main, *r;
     dnnl_memory_t xm = NULL, xp = NULL, ym = NULL, yp = NULL;   /* stored / primitive's */
@@ -1834,7 +2013,6 @@ kiln_status kd_pack_weight(const kp_program *p, uint32_t i, int which, const voi
     if ((st = get_engine(&e)))
         return st;
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_stream_t stream = NULL;
     void *buf = NULL;
     if (choose_pd(&pl, p, e, &pd) != dnnl_success)
         return KILN_OK;   /* no implementation: keep it plain */
@@ -1851,8 +2029,7 @@ kiln_status kd_pack_weight(const kp_program *p, uint32_t i, int which, const voi
         goto done;
     }
     memset(buf, 0, n);
-    DNNL_TRY(dnnl_stream_create(&stream, e, dnnl_stream_default_flags), "stream");
-    DNNL_TRY(reorder(stream, &have, plain, want, buf), "weight reorder");
+    DNNL_TRY(reorder(&have, plain, want, buf), "weight reorder");
     if ((st = layout_write(want, pl.wplain, layout, n_layout)))
         goto done;
     *packed = buf;
@@ -1860,8 +2037,6 @@ kiln_status kd_pack_weight(const kp_program *p, uint32_t i, int which, const voi
     buf = NULL;
 done:
     kiln__free(buf);
-    if (stream)
-        dnnl_stream_destroy(stream);
     dnnl_primitive_desc_destroy(pd);
     return st;
 }
@@ -1878,15 +2053,10 @@ kiln_status kd_unpack(const kp_value *v, const void *layout, size_t n_layout, co
         return kiln__fail(KILN_ERR_FORMAT, "packed layout: %s", why);
     md_strided(&plain_md, have.ndims, have.dims, plain);
     dnnl_engine_t e = NULL;
-    dnnl_stream_t stream;
     kiln_status st = get_engine(&e);
     if (st)
         return st;
-    dnnl_status_t s = dnnl_stream_create(&stream, e, dnnl_stream_default_flags);
-    if (s == dnnl_success) {
-        s = reorder(stream, &have, packed, &plain_md, dst);
-        dnnl_stream_destroy(stream);
-    }
+    dnnl_status_t s = reorder(&have, packed, &plain_md, dst);
     if (s != dnnl_success)
         return kiln__fail(s == dnnl_out_of_memory ? KILN_ERR_NOMEM : KILN_ERR_INTERNAL,
                           "oneDNN: unpacking a weight: %s", dnnl_status2str(s));

@@ -1,9 +1,10 @@
 /*
  * kernels.c — the kernels dispatcher: cores (thread count + the oneDNN side's per-core
- * state), and for each op the choice between a oneDNN kernel (dnnl.c, when kd_supports
- * says so and oneDNN accepts the shapes) and the plain C reference kernel (ref_*.c), which
- * can run every op kiln emits. A reference kernel always sees dense weights: a packed
- * constant is unpacked into memory owned by a small wrapper around it.
+ * state), the OpenMP count of threads that create kernels, program plans, and for each op
+ * the choice between a oneDNN kernel (dnnl.c, when kd_supports says so and oneDNN accepts
+ * the shapes) and the plain C reference kernel (ref_*.c), which can run every op kiln emits.
+ * A reference kernel always sees dense weights: a packed constant is unpacked into memory
+ * owned by a small wrapper around it.
  */
 #include "kernels/kernels_impl.h"
 
@@ -40,6 +41,59 @@ void kk_core_free(kk_core *c)
     kd_core_fini(c);
     omp_set_num_threads(c->prev_threads);
     kiln__free(c);
+}
+
+kiln_status kk_core_reserve(kk_core *c)
+{
+    if (!c)
+        return kiln__fail(KILN_ERR_ARG, "kk_core_reserve: no core");
+    return kd_core_reserve(c);
+}
+
+int kk_thread_prepare(const kk_core *c)
+{
+    int prev = omp_get_max_threads();
+    if (c)
+        omp_set_num_threads(c->n_threads);
+    return prev;
+}
+
+void kk_thread_restore(int prev)
+{
+    if (prev >= 1)
+        omp_set_num_threads(prev);
+}
+
+kiln_status kk_program_plan(const kp_program *p, kk_plan **out)
+{
+    if (!p || !out)
+        return kiln__fail(KILN_ERR_ARG, "kk_program_plan: %s is NULL", p ? "out" : "program");
+    kk_plan *pl = kiln__calloc(1, sizeof *pl);
+    uint8_t *cl = pl ? kiln__malloc(p->n_values ? p->n_values : 1) : NULL;
+    if (!cl) {
+        kiln__free(pl);
+        return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory planning %u values",
+                          p->n_values);
+    }
+    memset(cl, 1, p->n_values);
+    kiln_status st = kd_plan_layouts(p, cl);
+    if (st) {
+        kiln__free(cl);
+        kiln__free(pl);
+        return st;
+    }
+    pl->prog = p;
+    pl->cl = cl;
+    *out = pl;
+    return KILN_OK;
+}
+
+void kk_plan_free(kk_plan *pl)
+{
+    if (!pl)
+        return;
+    kiln__free(pl->cl);
+    kiln__free(pl);
 }
 
 kiln_status kk_check(const kp_program *p, uint32_t i)
@@ -149,18 +203,37 @@ fail:
     return st;
 }
 
-kiln_status kk_create(kk_core *c, const kp_program *p, uint32_t i, void *const *ptr,
-                      kk_kernel **out, uint64_t *copied)
+static kiln_status create(kk_core *c, const kk_plan *plan, const kp_program *p, uint32_t i,
+                          void *const *ptr, kk_kernel **out, uint64_t *copied)
 {
     if (!c || !p || !ptr || !out || i >= p->n_ops)
         return kiln__fail(KILN_ERR_ARG, "kk_create: bad argument (op %u)", i);
+    int nt = omp_get_max_threads();
+    if (nt != c->n_threads)
+        return kiln__fail(KILN_ERR_STATE, "op %u '%s': creating a kernel of a %d-thread core on "
+                          "a thread whose OpenMP count is %d (kk_thread_prepare first)", i,
+                          kp_str(p, p->ops[i].name), c->n_threads, nt);
     if (kd_supports(p, i)) {
-        kiln_status st = kd_create(c, p, i, ptr, out, copied);
+        kiln_status st = kd_create(c, plan, p, i, ptr, out, copied);
         if (st != KILN_ERR_UNSUPPORTED)
             return st;
         kiln__clear_error();   /* oneDNN declined these shapes: the reference runs it */
     }
     return create_ref(p, i, ptr, out, copied);
+}
+
+kiln_status kk_create_planned(kk_core *c, const kk_plan *plan, uint32_t i, void *const *ptr,
+                              kk_kernel **out, uint64_t *copied)
+{
+    if (!plan)
+        return kiln__fail(KILN_ERR_ARG, "kk_create_planned: no plan (op %u)", i);
+    return create(c, plan, plan->prog, i, ptr, out, copied);
+}
+
+kiln_status kk_create(kk_core *c, const kp_program *p, uint32_t i, void *const *ptr,
+                      kk_kernel **out, uint64_t *copied)
+{
+    return create(c, NULL, p, i, ptr, out, copied);
 }
 
 kiln_status kk_run(kk_kernel *k) { return k->run(k); }

@@ -34,8 +34,17 @@ KILN_INTERNAL kiln_status kr_create(const kp_program *p, uint32_t i, void *const
 KILN_INTERNAL bool        kd_supports(const kp_program *p, uint32_t i);
 KILN_INTERNAL kiln_status kd_core_init(kk_core *c);     /* engine, stream for this thread */
 KILN_INTERNAL void        kd_core_fini(kk_core *c);
-KILN_INTERNAL kiln_status kd_create(kk_core *c, const kp_program *p, uint32_t i,
-                                    void *const *ptr, kk_kernel **out, uint64_t *copied);
+/* On the core's thread: grows its scratchpad to the largest need recorded so far. */
+KILN_INTERNAL kiln_status kd_core_reserve(kk_core *c);
+/* Decides which activations are stored channels-last. On entry cl[v] != 0 asks about value
+ * v (cl has p->n_values bytes); on return cl[v] is 1 for those stored channels-last, 0 for
+ * the rest. The answer for a value does not depend on which others were asked about. */
+KILN_INTERNAL kiln_status kd_plan_layouts(const kp_program *p, uint8_t *cl);
+/* plan: the program's plan (plan->prog == p), or NULL to decide layouts for this op alone.
+ * Safe from any thread (see kernels.h); touches nothing a running kernel of c uses. */
+KILN_INTERNAL kiln_status kd_create(kk_core *c, const kk_plan *plan, const kp_program *p,
+                                    uint32_t i, void *const *ptr, kk_kernel **out,
+                                    uint64_t *copied);
 KILN_INTERNAL kiln_status kd_pack_weight(const kp_program *p, uint32_t i, int which,
                                          const void *plain, void **packed, size_t *n_packed,
                                          void **layout, size_t *n_layout);
@@ -47,7 +56,13 @@ KILN_INTERNAL const char *kd_layout_name(const void *layout, size_t n_layout, ch
 struct kk_core {
     int   n_threads;
     int   prev_threads;                 /* the thread's OpenMP count before kk_core_create */
-    void *dnnl;                         /* dnnl.c's per-core state (engine, stream, scratchpad) */
+    void *dnnl;                         /* dnnl.c's per-core state (stream, scratchpad) */
+};
+
+/* A program's plan (kk_program_plan): immutable once made. */
+struct kk_plan {
+    const kp_program *prog;
+    uint8_t *cl;                        /* per value: 1 = stored channels-last (dnnl.c) */
 };
 
 #endif
