@@ -1,47 +1,69 @@
 #!/bin/bash
-# run.sh — kiln against ONNX Runtime on the real models, one thread each.
+# run.sh — kiln's benchmark suite: kiln against ONNX Runtime and PyTorch on the real models,
+# one command. Prints the table and writes it into docs/BENCHMARKS.md.
 #
-#   bench/run.sh [--build DIR] [--runs N] [--loads N] [--fresh N] [--rounds N] [--no-docs]
-#                [--only NAME]...
+#   bench/run.sh [--build DIR] [--only NAME]... [--no-docs] [--quick]
+#                [--fresh N] [--cold N] [--rounds N] [--loads N] [--cold-loads N]
+#                [--runs N] [--warmup N] [--budget S] [--pipeline-runs N]
+#                [--no-torch] [--no-cold] [--no-pipeline]
 #
-# 1. makes sure onnxruntime-node is in bench/node_modules (npm install without its install
-#    script: the CPU library ships in the package);
-# 2. builds kiln (cmake, target kiln_bench) in DIR (default: build-bench beside bench/);
-# 3. exports the models with tests/models/export_models.py into DIR/models (re-used while
-#    the script is unchanged) and traces each into an eager artifact;
-# 4. measures kiln (bench/bench_kiln.c) and ONNX Runtime (bench/ort_bench.js), first in
-#    --fresh (3) fresh processes each (first load / first session), then warm in one
-#    process each, --rounds (3) times, kiln and ONNX Runtime taking turns;
-# 5. prints the table and writes it into docs/BENCHMARKS.md between the bench markers
-#    (unless --no-docs). Raw JSON lines are kept in DIR/bench-results.jsonl.
-# kiln runs on one core of one CPU (KILN_VISIBLE_CORES=0 KILN_CORE_SIZE=1); ONNX Runtime
-# with intraOpNumThreads = interOpNumThreads = 1, graphOptimizationLevel 'all'. Both are
-# pinned to CPU 0 with taskset when it is available.
+# Models: resnet18, mobilenet_v2, bert (tests/models/export_models.py); and the four-model
+# pipeline through bench/pipeline.sh (--pipeline-runs (5) fresh processes per variant, its
+# --no-docs: that script writes its own section of docs/BENCHMARKS.md when run alone) when
+# the script is there and works.
+# For each model and each side (kiln, ONNX Runtime, PyTorch TorchScript):
+#   --fresh (5)  fresh processes, warm page cache: first load, time to first inference,
+#                peak RSS (one thread, CPU 0)
+#   --cold (3)   fresh processes after dropping the page cache (drop_caches when root may,
+#                else posix_fadvise on the model file; residency checked with mincore)
+#   --rounds (3) warm processes at 1 thread and at 2 threads: --loads (10) loads, warm
+#                cache; --cold-loads (3) loads each after evicting the model file (1 thread
+#                only); --runs (50) forwards after --warmup (5); kiln also reads its file
+#                (the floor); a forward or load loop stops early after --budget (3)
+#                seconds once it has 5 samples (PyTorch's forwards are slow here)
+# Sides take turns (the order rotates each repetition) so that other work on this shared
+# machine lands on all of them. kiln at 1 thread: KILN_VISIBLE_CORES=0 KILN_CORE_SIZE=1,
+# pinned to CPU 0; at 2 threads: one core of CPUs 0-1 (KILN_VISIBLE_CORES=0-1
+# KILN_CORE_SIZE=2). ONNX Runtime: intraOpNumThreads 1 / 2. PyTorch: set_num_threads 1 / 2.
+# --quick is --fresh 2 --cold 1 --rounds 1 --loads 3 --cold-loads 1 --runs 10 without the
+# pipeline (a smoke run; --no-docs unless --docs is also given).
+# Raw JSON lines: DIR/bench-results.jsonl. Where the time goes: bench/profile.sh.
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 BUILD=$ROOT/build-bench
-RUNS=50
-LOADS=10
-FRESH=3
-ROUNDS=3
-DOCS=1
+FRESH=5 COLD=3 ROUNDS=3 LOADS=10 COLD_LOADS=3 RUNS=50 WARMUP=5 BUDGET=3 PIPE_RUNS=5
+DOCS=1 TORCH=1 DO_COLD=1 PIPELINE=1 QUICK=0 FORCE_DOCS=0
 ONLY=()
 while [ $# -gt 0 ]; do
     case $1 in
         --build) BUILD=$2; shift 2 ;;
-        --runs) RUNS=$2; shift 2 ;;
-        --loads) LOADS=$2; shift 2 ;;
-        --fresh) FRESH=$2; shift 2 ;;
-        --rounds) ROUNDS=$2; shift 2 ;;
-        --no-docs) DOCS=0; shift ;;
         --only) ONLY+=("$2"); shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        --fresh) FRESH=$2; shift 2 ;;
+        --cold) COLD=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --loads) LOADS=$2; shift 2 ;;
+        --cold-loads) COLD_LOADS=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --budget) BUDGET=$2; shift 2 ;;
+        --pipeline-runs) PIPE_RUNS=$2; shift 2 ;;
+        --no-docs) DOCS=0; shift ;;
+        --docs) FORCE_DOCS=1; shift ;;
+        --no-torch) TORCH=0; shift ;;
+        --no-cold) DO_COLD=0; shift ;;
+        --no-pipeline) PIPELINE=0; shift ;;
+        --quick) QUICK=1; FRESH=2 COLD=1 ROUNDS=1 LOADS=3 COLD_LOADS=1 RUNS=10 PIPELINE=0; shift ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
+[ $QUICK = 0 ] || [ $FORCE_DOCS = 1 ] || DOCS=0
+[ $DO_COLD = 1 ] || { COLD=0; COLD_LOADS=0; }
 [ ${#ONLY[@]} -gt 0 ] || ONLY=(resnet18 mobilenet_v2 bert)
+T_START=$(date +%s)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 
 # Debian's python3 has torch; a python3 earlier on PATH (pyenv, venv) may not.
 PY=${PYTHON:-}
@@ -52,9 +74,9 @@ if [ -z "$PY" ]; then
 fi
 [ -n "$PY" ] || { echo "run.sh: no python3 with torch, torchvision and onnx" >&2; exit 1; }
 
-say() { printf '== %s\n' "$*" >&2; }
+say() { printf '== [%3ds] %s\n' $(($(date +%s) - T_START)) "$*" >&2; }
 
-# 1. ONNX Runtime for Node.
+# 1. ONNX Runtime for Node (the CPU library ships in the npm package; no install script).
 if ! (cd "$HERE" && node -e "require('onnxruntime-node')" 2>/dev/null); then
     say "installing onnxruntime-node into bench/node_modules"
     (cd "$HERE" && npm install --ignore-scripts --no-audit --no-fund >&2)
@@ -62,68 +84,180 @@ if ! (cd "$HERE" && node -e "require('onnxruntime-node')" 2>/dev/null); then
         { echo "run.sh: onnxruntime-node does not load (see docs/BENCHMARKS.md)" >&2; exit 1; }
 fi
 
-# 2. kiln_bench. A kiln that does not build leaves the ONNX Runtime side still measured.
-build_bench() {
-    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKILN_BUILD_TESTS=OFF >/dev/null &&
-        cmake --build "$BUILD" -j2 --target kiln_bench >&2
-}
+# 2. kiln_bench. It is also the page-cache tool every side uses, so it must build.
 say "building kiln_bench in $BUILD"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DKILN_BUILD_TESTS=OFF >/dev/null
+cmake --build "$BUILD" -j2 --target kiln_bench >&2
 BENCH=$BUILD/bench/kiln_bench
-rm -f "$BENCH"
-build_bench || echo "run.sh: kiln_bench did not build: measuring ONNX Runtime only" >&2
 
-# 3. Models and artifacts.
+# 3. Models, artifacts, TorchScript modules.
 MODELS=$BUILD/models
 say "exporting models into $MODELS"
 "$PY" "$ROOT/tests/models/export_models.py" "$MODELS" "${ONLY[@]/#/--only=}" >&2
 
-PIN=()
-if command -v taskset >/dev/null && taskset -c 0 true 2>/dev/null; then PIN=(taskset -c 0); fi
-export KILN_VISIBLE_CORES=0 KILN_CORE_SIZE=1 OMP_NUM_THREADS=1
-
 OUT=$BUILD/bench-results.jsonl
 : >"$OUT"
-emit() { # emit KIND MODEL JSON
-    printf '{"kind": "%s", "model": "%s", "data": %s}\n' "$1" "$2" "$3" >>"$OUT"
+emit() { # emit KIND MODEL EXTRA-JSON-FIELDS DATA-JSON
+    printf '{"kind": "%s", "model": "%s"%s, "data": %s}\n' "$1" "$2" "$3" "$4" >>"$OUT"
 }
-# measure KIND MODEL COMMAND...: runs a measurement; a failure is reported and left out of
-# the table (a "-" there), not fatal, so one broken model still leaves the others measured.
+# measure KIND MODEL EXTRA COMMAND...: one measurement; a failure is reported and left out
+# of the table (a "-" there), not fatal, so one broken side still leaves the others.
 measure() {
-    local kind=$1 name=$2 line
-    shift 2
-    if line=$("$@") && [ -n "$line" ]; then
-        emit "$kind" "$name" "$line"
+    local kind=$1 name=$2 extra=$3 line
+    shift 3
+    if line=$("$@" 2>"$BUILD/bench-last.err" | tail -n 1) && [ "${line:0:1}" = "{" ]; then
+        emit "$kind" "$name" "$extra" "$line"
     else
         echo "run.sh: $name: $kind failed: $*" >&2
+        sed 's/^/    /' "$BUILD/bench-last.err" | tail -n 5 >&2
         return 1
     fi
 }
 
+have_kiln=()
 for name in "${ONLY[@]}"; do
     art=$MODELS/$name.kiln
-    say "$name: trace"
     rm -f "$art"
-    [ ! -x "$BENCH" ] || measure make "$name" "${PIN[@]}" "$BENCH" --make "$art" "$MODELS/$name.onnx" || true
-    have_kiln=0
-    if [ -f "$art" ]; then
-        have_kiln=1
-        emit sizes "$name" "{\"kiln_bytes\": $(stat -c %s "$art"), \"onnx_bytes\": $(stat -c %s "$MODELS/$name.onnx")}"
+    if measure make "$name" "" "$BENCH" --make "$art" "$MODELS/$name.onnx"; then
+        have_kiln+=("$name")
+        emit sizes "$name" "" "{\"kiln_bytes\": $(stat -c %s "$art"), \"onnx_bytes\": $(stat -c %s "$MODELS/$name.onnx")}"
     fi
-    say "$name: $FRESH fresh processes each"
-    for _ in $(seq "$FRESH"); do
-        [ $have_kiln = 0 ] || measure kiln_first "$name" "${PIN[@]}" "$BENCH" "$art" --first-only || true
-        measure ort_first "$name" "${PIN[@]}" node "$HERE/ort_bench.js" "$MODELS" "$name" --first-only || true
+    if [ $TORCH = 1 ]; then
+        "$PY" "$HERE/torch_bench.py" --make "$MODELS" "$name" >&2 ||
+            echo "run.sh: $name: torch.jit.trace failed; PyTorch left out" >&2
+        [ ! -f "$MODELS/$name.pt" ] ||
+            emit sizes_pt "$name" "" "{\"pt_bytes\": $(stat -c %s "$MODELS/$name.pt")}"
+    fi
+done
+
+# Pinning and thread settings.
+PIN1=() PIN2=()
+if command -v taskset >/dev/null && taskset -c 0 true 2>/dev/null; then
+    PIN1=(taskset -c 0)
+    taskset -c 0,1 true 2>/dev/null && PIN2=(taskset -c 0,1)
+fi
+THREADS=(1)
+[ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ] && THREADS=(1 2)
+kiln_env() { # kiln_env THREADS: one core of THREADS CPUs starting at CPU 0
+    if [ "$1" = 1 ]; then echo "KILN_VISIBLE_CORES=0 KILN_CORE_SIZE=1 OMP_NUM_THREADS=1"
+    else echo "KILN_VISIBLE_CORES=0-$(($1 - 1)) KILN_CORE_SIZE=$1 OMP_NUM_THREADS=$1"; fi
+}
+pin() { if [ "$1" = 1 ]; then echo "${PIN1[@]}"; else echo "${PIN2[@]}"; fi; }
+
+# The file each side loads, and its commands.
+model_file() { # model_file SIDE NAME
+    case $1 in kiln) echo "$MODELS/$2.kiln" ;; ort) echo "$MODELS/$2.onnx" ;; torch) echo "$MODELS/$2.pt" ;; esac
+}
+side_cmd() { # side_cmd SIDE NAME THREADS first|warm -> the command line, one word a line
+    local side=$1 name=$2 t=$3 mode=$4
+    local cold=$COLD_LOADS
+    [ "$t" = 1 ] || cold=0
+    case $side in
+    kiln)
+        if [ "$mode" = first ]; then
+            printf '%s\n' env $(kiln_env "$t") $(pin "$t") "$BENCH" "$MODELS/$name.kiln" --first
+        else
+            printf '%s\n' env $(kiln_env "$t") $(pin "$t") "$BENCH" "$MODELS/$name.kiln" \
+                --loads "$LOADS" --cold-loads "$cold" --runs "$RUNS" --warmup "$WARMUP" --budget "$BUDGET"
+        fi ;;
+    ort)
+        if [ "$mode" = first ]; then
+            printf '%s\n' env OMP_NUM_THREADS="$t" $(pin "$t") node "$HERE/ort_bench.js" "$MODELS" "$name" --first --threads "$t"
+        else
+            printf '%s\n' env OMP_NUM_THREADS="$t" $(pin "$t") node "$HERE/ort_bench.js" "$MODELS" "$name" \
+                --sessions "$LOADS" --cold-sessions "$cold" --evict "$BENCH" --runs "$RUNS" \
+                --warmup "$WARMUP" --threads "$t" --budget "$BUDGET"
+        fi ;;
+    torch)
+        if [ "$mode" = first ]; then
+            printf '%s\n' env OMP_NUM_THREADS="$t" $(pin "$t") "$PY" "$HERE/torch_bench.py" "$MODELS" "$name" --first --threads "$t"
+        else
+            printf '%s\n' env OMP_NUM_THREADS="$t" $(pin "$t") "$PY" "$HERE/torch_bench.py" "$MODELS" "$name" \
+                --loads "$LOADS" --cold-loads "$cold" --evict "$BENCH" --runs "$RUNS" \
+                --warmup "$WARMUP" --threads "$t" --budget "$BUDGET"
+        fi ;;
+    esac
+}
+sides_of() { # sides_of NAME ROTATION -> the sides measurable for NAME, rotated
+    local s=() r
+    [[ " ${have_kiln[*]} " == *" $1 "* ]] && s+=(kiln)
+    s+=(ort)
+    [ $TORCH = 1 ] && [ -f "$MODELS/$1.pt" ] && s+=(torch)
+    r=$(($2 % ${#s[@]}))
+    echo "${s[@]:$r}" "${s[@]:0:$r}"
+}
+
+# How to make the page cache cold for a fresh process: drop every cache when allowed
+# (the libraries are then cold too, as after a reboot), else evict the model file.
+COLD_METHOD=posix_fadvise
+if [ $COLD -gt 0 ]; then
+    probe=$MODELS/${ONLY[0]}.onnx
+    cat "$probe" >/dev/null
+    if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null &&
+        "$BENCH" --resident "$probe" | grep -q '"resident": 0}'; then
+        COLD_METHOD=drop_caches
+    fi
+    say "cold page cache for fresh processes: $COLD_METHOD"
+fi
+make_cold() { # make_cold FILE -> prints the residency JSON of FILE afterwards
+    if [ $COLD_METHOD = drop_caches ]; then
+        sync
+        echo 3 >/proc/sys/vm/drop_caches
+        "$BENCH" --resident "$1"
+    else
+        "$BENCH" --evict "$1"
+    fi
+}
+
+# 4. Measurements.
+for name in "${ONLY[@]}"; do
+    say "$name: $FRESH fresh processes per side, warm page cache"
+    for i in $(seq "$FRESH"); do
+        for side in $(sides_of "$name" "$i"); do
+            cat "$(model_file $side "$name")" >/dev/null
+            mapfile -t cmd < <(side_cmd $side "$name" 1 first)
+            measure "${side}_first" "$name" ', "cache": "warm"' "${cmd[@]}" || true
+        done
     done
-    # Warm measurements in interleaved rounds, so that a burst of other load on this shared
-    # machine hits both sides rather than one.
-    say "$name: warm, $ROUNDS rounds (loads $LOADS, forwards $RUNS)"
-    for _ in $(seq "$ROUNDS"); do
-        [ $have_kiln = 0 ] || measure kiln "$name" "${PIN[@]}" "$BENCH" "$art" --loads "$LOADS" --runs "$RUNS" || true
-        measure ort "$name" "${PIN[@]}" node "$HERE/ort_bench.js" "$MODELS" "$name" --runs "$RUNS" --sessions "$LOADS" || true
+    [ "$COLD" -gt 0 ] && say "$name: $COLD fresh processes per side, cold page cache ($COLD_METHOD)"
+    for i in $(seq "$COLD"); do
+        for side in $(sides_of "$name" "$i"); do
+            res=$(make_cold "$(model_file $side "$name")" | tr -d '\n')
+            mapfile -t cmd < <(side_cmd $side "$name" 1 first)
+            measure "${side}_first" "$name" ", \"cache\": \"cold\", \"evict\": $res" "${cmd[@]}" || true
+        done
+    done
+    for r in $(seq "$ROUNDS"); do
+        for t in "${THREADS[@]}"; do
+            say "$name: warm processes, round $r of $ROUNDS, $t thread(s)"
+            for side in $(sides_of "$name" "$((r + t))"); do
+                mapfile -t cmd < <(side_cmd $side "$name" "$t" warm)
+                measure "${side}_warm" "$name" ", \"threads\": $t" "${cmd[@]}" || true
+            done
+        done
     done
 done
 
-# 4. The table.
+# 5. The four-model pipeline (bench/pipeline.sh, another engineer's), if it is there. Its
+# raw results (DIR/pipeline-results.jsonl) go into this run's table.
+if [ $PIPELINE = 1 ] && [ -f "$HERE/pipeline.sh" ]; then
+    say "pipeline: bench/pipeline.sh --runs $PIPE_RUNS"
+    rm -f "$BUILD/pipeline-results.jsonl"
+    if bash "$HERE/pipeline.sh" --build "$BUILD" --runs "$PIPE_RUNS" --no-docs \
+        >"$BUILD/pipeline.out" 2>"$BUILD/pipeline.err" && [ -s "$BUILD/pipeline-results.jsonl" ]; then
+        while read -r line; do
+            [ -z "$line" ] || emit pipeline pipeline "" "$line"
+        done <"$BUILD/pipeline-results.jsonl"
+    else
+        echo "run.sh: bench/pipeline.sh failed (see $BUILD/pipeline.err); pipeline left out" >&2
+        tail -n 5 "$BUILD/pipeline.err" >&2 || true
+    fi
+fi
+
+# 6. The table.
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+emit run run "" "{\"seconds\": $(($(date +%s) - T_START)), \"loadavg_start\": \"$LOAD_START\", \"loadavg_end\": \"$LOAD_END\", \"cold_method\": \"$COLD_METHOD\", \"fresh\": $FRESH, \"cold\": $COLD, \"rounds\": $ROUNDS, \"loads\": $LOADS, \"cold_loads\": $COLD_LOADS, \"runs\": $RUNS, \"warmup\": $WARMUP, \"budget\": $BUDGET, \"pipeline_runs\": $PIPE_RUNS}"
+say "done measuring; the table:"
 args=("$OUT" --root "$ROOT")
 [ $DOCS = 1 ] && args+=(--docs "$ROOT/docs/BENCHMARKS.md")
 "$PY" "$HERE/report.py" "${args[@]}"
