@@ -481,6 +481,46 @@ out:
     prog_free(t);
 }
 
+/* Allocation failures: fail the k-th allocation of planning, creating and first running
+ * every kernel (the scratchpad grows at that first run), k = 0, 1, ... until it all
+ * succeeds; every failure must be KILN_ERR_NOMEM and leave nothing behind (ASan). */
+static void test_alloc_failures(void)
+{
+    prog *t = make(true, 5);
+    int x = (int)t->p.inputs[0];
+    float *input = calloc(1, t->vals[x].nbytes);
+    bool done = false;
+    for (long k = 0; k < 100000 && !done; k++) {
+        kk_core *core = NULL;
+        if (!CHECK_OK(kk_core_create(1, &core)))
+            break;
+        replica *r = calloc(1, sizeof *r);
+        replica_init(r, t, input);
+        kk_plan *plan = NULL;
+        kiln__test_fail_alloc_after(k);
+        kiln_status s = kk_program_plan(&t->p, &plan);
+        for (uint32_t i = 0; i < t->p.n_ops && s == KILN_OK; i++) {
+            kk_kernel *kn = NULL;
+            s = kk_create_planned(core, plan, i, r->ptr, &kn, NULL);
+            atomic_store(&r->k[i], kn);
+            if (s == KILN_OK)
+                s = kk_run(kn);
+        }
+        kiln__test_fail_alloc_after(-1);
+        if (s == KILN_OK)
+            done = true;
+        else if (!CHECK_STATUS(s, KILN_ERR_NOMEM))
+            fprintf(stderr, "  allocation %ld failed: %s\n", k, kiln_last_error());
+        replica_fini(r);
+        free(r);
+        kk_plan_free(plan);
+        kk_core_free(core);
+    }
+    CHECK(done);
+    free(input);
+    prog_free(t);
+}
+
 /* One round: a fresh core; replica A streamed while three threads create it (kk_create, no
  * plan); replica B created by three threads (with the plan) while A runs over and over on
  * the core's thread, B streamed as its kernels appear; then both again, and a replica C
@@ -575,6 +615,7 @@ int main(void)
         kk_core_free(core);
     }
     test_plan();
+    test_alloc_failures();
     int rounds = getenv("KILN_TEST_ROUNDS") ? atoi(getenv("KILN_TEST_ROUNDS")) : 4;
     for (int r = 0; r < rounds; r++)
         round_trip(1, r);

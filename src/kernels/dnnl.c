@@ -7,8 +7,23 @@
  * byte format of a packed-layout descriptor (kp_value.layout).
  *
  * Activations are dense C order (nchw, ab, ...) f32 as the rest of kiln sees them; only
- * between oneDNN convolutions and poolings are they kept nhwc (see kd_plan_layouts). Convolutions
- * run channels-last inside (brgemm kernels), reordering whatever meets them dense.
+ * between oneDNN convolutions and poolings are they kept nhwc (see kd_plan_layouts).
+ * Convolutions run channels-last inside (brgemm kernels), reordering whatever meets them
+ * dense.
+ *
+ * Threads (kernels.h): kd_create runs on any thread, several at once, while the core's
+ * thread runs that core's kernels. What stays with the core's thread: its stream, its
+ * scratchpad (grown only by kd_run and kd_core_reserve; kd_create records its need in the
+ * atomic kd_core.want) and every kernel once created. What this relies on from oneDNN 2.6:
+ * the engine, primitive descriptor and primitive creation (with its global primitive
+ * cache) may be used from several threads at once; a primitive whose attributes ask for a
+ * user scratchpad, as every primitive here does, may be created on one thread and run on
+ * another, concurrently with other primitives, as long as no two executions share a
+ * scratchpad (the documentation of dnnl_scratchpad_mode_user; library mode would instead
+ * tie a primitive to the thread that made it); a stream is only ever used by one thread
+ * (each core's by the core's thread; a weight reorder at creation makes its own, see
+ * reorder()). Memory objects made at creation are re-pointed (set_data_handle) only by
+ * kd_run, after the runtime has handed the kernel over to the core's thread.
  *
  * Packed-layout descriptor (version 1), little-endian, all integers signed 64-bit unless
  * noted; it describes a oneDNN "blocked" memory layout over the weight's oneDNN dims:
@@ -801,7 +816,8 @@ typedef struct cl_scan {
     uint8_t  *is_out;           /* v is a graph output */
     int32_t  *alias;            /* ACT values no op writes (free reshapes' views) */
     uint32_t  n_alias;
-    int32_t **writes;           /* per alias u (lazily): sorted ops writing storage that meets u's */
+    int32_t **writes;           /* per alias u (built lazily): sorted ops writing storage
+                                   that meets u's */
     int32_t  *n_writes;
 } cl_scan;
 
