@@ -23,8 +23,10 @@
  *   - a kernel reaches the core's thread through a happens-before edge (a mutex, a condition
  *     variable, or an atomic store-release / load-acquire of the pointer); kk_create itself
  *     publishes nothing.
- *   - the program, the plan and every ptr[] table stay unchanged and alive while kernels
- *     made from them exist; a kernel is freed (kk_free) when no thread can run it any more.
+ *   - the program and every ptr[] table stay unchanged and alive while kernels made from
+ *     them exist (kernels keep pointers into both); a plan only while kernels are being
+ *     created from it (kernels do not keep it). A kernel is freed (kk_free) when no thread
+ *     can run it any more; kk_core_free comes after every kernel of the core is freed.
  * Creation never touches what a running kernel uses: it only reads the program and the plan,
  * makes its own oneDNN objects, reorders weights on a stream of its own, and records how much
  * of the core's scratchpad it needs (an atomic maximum). The scratchpad is grown on the core's
@@ -53,10 +55,10 @@ KILN_INTERNAL int         kk_thread_prepare(const kk_core *c);
 KILN_INTERNAL void        kk_thread_restore(int prev);
 
 /* What every kernel of a program agrees on without talking to the others (which activations
- * are stored channels-last, see dnnl.c), computed once per program in time linear in its
- * size (about; kk_create without a plan works it out per op, which costs a scan of the
- * program each time). Immutable once made: shared by every core and thread. p must outlive
- * it and must not change. */
+ * are stored channels-last, see dnnl.c), computed once per program in about linear time
+ * (kk_create without a plan works out its own op's share, which costs a scan of the whole
+ * program per op: quadratic over a placement). Immutable once made: shared by every core
+ * and thread. p must outlive it and must not change. */
 typedef struct kk_plan kk_plan;
 KILN_INTERNAL kiln_status kk_program_plan(const kp_program *p, kk_plan **out);
 KILN_INTERNAL void        kk_plan_free(kk_plan *pl);
