@@ -93,7 +93,11 @@ kiln_status kc_lower_reshape(kc_ctx *c, const kg_node *n)
         } else if (s[i] < 0) {
             return kc_fail(c, n, KILN_ERR_SHAPE, "shape[%d] = %lld", i, (long long)s[i]);
         } else {
-            known *= s[i];
+            uint64_t k2;
+            if (!kiln__mul_ok((uint64_t)known, (uint64_t)s[i], &k2) || k2 > (uint64_t)INT64_MAX)
+                return kc_fail(c, n, KILN_ERR_SHAPE, "shape[%d] = %lld: the shape's size overflows", i,
+                               (long long)s[i]);
+            known = (int64_t)k2;
         }
     }
     if (infer >= 0) {
