@@ -13,8 +13,9 @@
  *
  * Threads (kernels.h): kd_create runs on any thread, several at once, while the core's
  * thread runs that core's kernels. What stays with the core's thread: its stream, its
- * scratchpad (grown only by kd_run and kd_core_reserve; kd_create records its need in the
- * atomic kd_core.want) and every kernel once created. What this relies on from oneDNN 2.6:
+ * scratchpad (grown only on that thread: by kd_create there, kd_run, kd_core_reserve;
+ * kd_create elsewhere records its need in the atomic kd_core.want) and every kernel once
+ * created. What this relies on from oneDNN 2.6:
  * the engine, primitive descriptor and primitive creation (with its global primitive
  * cache) may be used from several threads at once; a primitive whose attributes ask for a
  * user scratchpad, as every primitive here does, may be created on one thread and run on
@@ -67,10 +68,11 @@ static kiln_status get_engine(dnnl_engine_t *e)
     return KILN_OK;
 }
 
-/* A core's oneDNN state. stream, scratch and scratch_bytes belong to the core's thread (kd_run,
- * kd_core_reserve); kernels created on other threads only raise `want` (atomically) and
- * never read the others, so creation and running need no lock between them. */
+/* A core's oneDNN state. stream, scratch and scratch_bytes belong to the core's thread
+ * (kd_run, kd_core_reserve, kd_create there); kernels created on other threads only raise
+ * `want` (atomically) and never read the others, so creation and running need no lock. */
 typedef struct kd_core {
+    pthread_t owner;            /* the core's thread (the one that made it) */
     dnnl_stream_t stream;
     void   *scratch;            /* shared by the core's kernels (they run one at a time) */
     size_t  scratch_bytes;
@@ -87,6 +89,7 @@ kiln_status kd_core_init(kk_core *c)
     if (!d)
         return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory for a core");
     atomic_init(&d->want, 0);
+    d->owner = pthread_self();
     dnnl_status_t s = dnnl_stream_create(&d->stream, e, dnnl_stream_default_flags);
     if (s != dnnl_success) {
         kiln__free(d);
@@ -1900,8 +1903,13 @@ kiln_status kd_create(kk_core *c, const kk_plan *plan, const kp_program *p, uint
         need = off_y = off_x + (size_t)kiln__align_up(val_bytes(p, pl.x), 4096);
     if (y_re)
         need = off_y + val_bytes(p, pl.y);
+    /* Only the core's thread touches the scratch: made there, the kernel grows it now (so
+     * running out of memory is a creation failure, as before any of this could run on other
+     * threads); made elsewhere, the core's thread grows it (kd_core_reserve, or kd_run). */
     k->scratch_need = need;
-    core_want(core, need);   /* the core's thread grows it (kd_run), never this one */
+    core_want(core, need);
+    if (pthread_equal(pthread_self(), core->owner) && (st = core_scratch(core, need)))
+        goto done;
 
     kd_step *main, *r;
     dnnl_memory_t xm = NULL, xp = NULL, ym = NULL, yp = NULL;   /* stored / primitive's */

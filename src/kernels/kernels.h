@@ -29,8 +29,10 @@
  *     can run it any more; kk_core_free comes after every kernel of the core is freed.
  * Creation never touches what a running kernel uses: it only reads the program and the plan,
  * makes its own oneDNN objects, reorders weights on a stream of its own, and records how much
- * of the core's scratchpad it needs (an atomic maximum). The scratchpad is grown on the core's
- * thread: by kk_core_reserve, or else by the first kk_run that finds it too small.
+ * of the core's scratchpad it needs (an atomic maximum). The scratchpad is grown only on the
+ * core's thread: by kk_create there (as ever: running out of memory fails the creation), and
+ * for kernels made elsewhere by kk_core_reserve, or else by the first kk_run that finds it
+ * too small (which can then fail with KILN_ERR_NOMEM).
  */
 #ifndef KILN_KERNELS_H
 #define KILN_KERNELS_H
@@ -45,7 +47,9 @@ typedef struct kk_core kk_core;
 KILN_INTERNAL kiln_status kk_core_create(int n_threads, kk_core **out);
 KILN_INTERNAL void        kk_core_free(kk_core *c);
 /* On the core's thread: grows the core's scratchpad to what every kernel created so far
- * needs, so no later kk_run allocates. Optional (kk_run grows it otherwise); KILN_ERR_NOMEM. */
+ * needs, so no later kk_run allocates (call it when a placement's kernels made on other
+ * threads are all there, to report running out of memory as a placement failure). Optional:
+ * kk_run grows it otherwise. KILN_ERR_NOMEM. */
 KILN_INTERNAL kiln_status kk_core_reserve(kk_core *c);
 
 /* On a thread that is not the core's, before creating kernels of c there: sets this
