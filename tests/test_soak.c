@@ -6,10 +6,12 @@
  *   forward       kiln_forward on a shared model (many threads at once), output checked
  *   dp            kiln_data_parallel over a random set of cores + kiln_dp_forward on a random
  *                 batch (dynamic batching; sometimes switched off on an exact batch), each
- *                 output row checked, kiln_dp_free
- *   load          replace a table entry: free the old model, kiln_load_ex the artifact of a
- *                 random model in a random mode (as saved, eager, lazy, async, lazy+async) on
- *                 a random core or the default one
+ *                 output row checked, kiln_dp_free; or kiln_dp_forward on the table entry's
+ *                 shared kiln_dp (all cores), used by several threads at once
+ *   load          replace a table entry: free the old model (and its dp), kiln_load_ex the
+ *                 artifact of a random model in a random mode (as saved, eager, lazy, async,
+ *                 lazy+async) on a random core or the default one; half the time make it a
+ *                 shared kiln_dp over every core
  *   free          free a table entry
  *   query         kiln_model_state / placements / load report / kiln_wait on a shared model
  *   load+free     a private model loaded async (or lazy+async and triggered) and freed at
@@ -51,8 +53,9 @@ static int n_models;
 
 enum { N_SLOTS = 8 };
 typedef struct slot {
-    pthread_rwlock_t lock;      /* read: calls on m; write: replace/free m */
+    pthread_rwlock_t lock;      /* read: calls on m and dp; write: replace/free them */
     kiln_model      *m;
+    kiln_dp         *dp;        /* NULL, or data-parallel over every core, shared by threads */
     int              model;     /* index in models[] */
 } slot;
 static slot slots[N_SLOTS];
@@ -145,8 +148,8 @@ static void forward_checked(const char *what, const soak_model *sm, kiln_model *
 
 /* Data-parallel on a random set of cores and a random batch: row r of the input is row
  * r mod T of the traced input (T its traced batch), so row r of every output is row r mod T
- * of the reference. */
-static void dp_checked(const soak_model *sm, kiln_model *m, uint64_t *seed)
+ * of the reference. With `shared`, on that dp (other threads use it at the same time). */
+static void dp_checked(const soak_model *sm, kiln_model *m, kiln_dp *shared, uint64_t *seed)
 {
     int cores[64], n = 0;
     if (rnd(seed) % 4 != 0) {
@@ -158,7 +161,9 @@ static void dp_checked(const soak_model *sm, kiln_model *m, uint64_t *seed)
     }
     int n_rep = n ? n : n_cores;
     int64_t T = sm->x.shape[0], To = sm->ref.shape[0];
-    bool exact = rnd(seed) % 4 == 0; /* dynamic batching switched off, batch = n x T */
+    if (shared)
+        n = 0;
+    bool exact = !shared && rnd(seed) % 4 == 0; /* dynamic batching switched off, batch = n x T */
     int64_t B = exact ? n_rep * T : 1 + (int64_t)(rnd(seed) % 6);
     size_t in_row = numel(&sm->x) / (size_t)T, out_row = numel(&sm->ref) / (size_t)To;
     int64_t Bo = B * To / T;
@@ -169,8 +174,8 @@ static void dp_checked(const soak_model *sm, kiln_model *m, uint64_t *seed)
     y.data = calloc((size_t)Bo * out_row, sizeof(float));
     for (int64_t r = 0; r < B; r++)
         memcpy((float *)x.data + r * in_row, (float *)sm->x.data + (r % T) * in_row, in_row * sizeof(float));
-    kiln_dp *dp = NULL;
-    kiln_status s = kiln_data_parallel(m, n ? cores : NULL, (size_t)n, 0, 1, &dp);
+    kiln_dp *dp = shared;
+    kiln_status s = shared ? KILN_OK : kiln_data_parallel(m, n ? cores : NULL, (size_t)n, 0, 1, &dp);
     if (s == KILN_OK && exact)
         s = kiln_dp_disable_dynamic_batching(dp);
     if (s == KILN_OK)
@@ -182,7 +187,8 @@ static void dp_checked(const soak_model *sm, kiln_model *m, uint64_t *seed)
             check_output("dp", sm, (float *)y.data + r * out_row, (float *)sm->ref.data + (r % To) * out_row,
                          out_row);
     }
-    kiln_dp_free(dp);
+    if (!shared)
+        kiln_dp_free(dp);
     free(x.data);
     free(y.data);
 }
@@ -207,7 +213,7 @@ static void op_dp(slot *sl, uint64_t *seed)
 {
     pthread_rwlock_rdlock(&sl->lock);
     if (sl->m)
-        dp_checked(&models[sl->model], sl->m, seed);
+        dp_checked(&models[sl->model], sl->m, sl->dp && rnd(seed) % 2 ? sl->dp : NULL, seed);
     pthread_rwlock_unlock(&sl->lock);
 }
 
@@ -216,11 +222,15 @@ static void op_load(slot *sl, uint64_t *seed)
     int mi = (int)(rnd(seed) % (uint64_t)n_models);
     kiln_load_params prm = random_params(seed);
     pthread_rwlock_wrlock(&sl->lock);
+    kiln_dp_free(sl->dp);
+    sl->dp = NULL;
     kiln_model_free(sl->m);
     sl->m = NULL;
     kiln_status s = kiln_load_ex(models[mi].art, &prm, &sl->m);
     if (s != KILN_OK)
         fail("load", &models[mi], s);
+    else if (rnd(seed) % 2 && (s = kiln_data_parallel(sl->m, NULL, 0, 0, 1, &sl->dp)) != KILN_OK)
+        fail("data_parallel (shared)", &models[mi], s);
     sl->model = mi;
     pthread_rwlock_unlock(&sl->lock);
 }
@@ -228,6 +238,8 @@ static void op_load(slot *sl, uint64_t *seed)
 static void op_free(slot *sl)
 {
     pthread_rwlock_wrlock(&sl->lock);
+    kiln_dp_free(sl->dp);
+    sl->dp = NULL;
     kiln_model_free(sl->m);
     sl->m = NULL;
     pthread_rwlock_unlock(&sl->lock);
@@ -417,6 +429,7 @@ int main(void)
             forward_checked("final forward", &models[slots[i].model], slots[i].m);
             CHECK(kiln_model_state(slots[i].m) == KILN_LOADED);
         }
+        kiln_dp_free(slots[i].dp);
         kiln_model_free(slots[i].m);
         pthread_rwlock_destroy(&slots[i].lock);
     }
