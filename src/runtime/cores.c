@@ -22,8 +22,10 @@ static struct {
     char            init_error[512];
     int             n_cores;
     rt_core        *cores;
-    pthread_mutex_t mu; /* guards cores[].replicas */
-} rt = { .once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER };
+    pthread_mutex_t mu;      /* guards cores[].replicas and n_started */
+    pthread_cond_t  started; /* a worker made its kernel context (or failed to) */
+    int             n_started;
+} rt = { .once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER, .started = PTHREAD_COND_INITIALIZER };
 
 /* Parses a CPU list such as "0-7" or "0,2,4-6" into set. */
 static kiln_status parse_cpu_list(const char *s, cpu_set_t *set)
@@ -110,6 +112,12 @@ static void *worker_main(void *arg)
     kiln_status ks = kk_core_create(core->n_cpus, &core->kk);
     char kerr[512];
     snprintf(kerr, sizeof kerr, "%s", ks == KILN_OK ? "" : kiln_last_error());
+    core->kk_status = ks;
+    snprintf(core->kk_error, sizeof core->kk_error, "core %d: %.400s", core->index, kerr);
+    pthread_mutex_lock(&rt.mu); /* core->kk is read by other threads once init returns */
+    rt.n_started++;
+    pthread_cond_broadcast(&rt.started);
+    pthread_mutex_unlock(&rt.mu);
     rt_queue *q = &core->q;
     pthread_mutex_lock(&q->mu);
     for (;;) {
@@ -200,6 +208,11 @@ static void init_once(void)
         }
     }
     rt.n_cores = n;
+    /* kernels of a core may be created on other threads, which need its context */
+    pthread_mutex_lock(&rt.mu);
+    while (rt.n_started < n)
+        pthread_cond_wait(&rt.started, &rt.mu);
+    pthread_mutex_unlock(&rt.mu);
     return;
 fail:
     rt.init_status = KILN_ERR_CORE;

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------
  * Construction and introspection
@@ -46,6 +47,16 @@ static kiln_status model_new(kp_program *prog, ka_file *file, const char *path, 
         kiln__free(m->path);
         kiln__free(m);
         return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+    }
+    kiln_status s = kk_program_plan(prog, &m->plan);
+    if (s != KILN_OK) {
+        kiln__free(m->placing);
+        kiln__free(m->replicas);
+        kiln__free(m->placements);
+        kiln__free(m->slots);
+        kiln__free(m->path);
+        kiln__free(m);
+        return s;
     }
     pthread_mutex_init(&m->mu, NULL);
     pthread_cond_init(&m->cv, NULL);
@@ -208,15 +219,17 @@ KILN_API kiln_status kiln_model_load_report(const kiln_model *m, kiln_load_repor
  * Placement
  * ------------------------------------------------------------------------------------- */
 
-static void replica_free(rt_replica *r)
+static void replica_free(rt_replica *r, uint32_t n_ops)
 {
     if (!r)
         return;
-    for (uint32_t i = 0; i < r->n_kernels; i++)
+    for (uint32_t i = 0; r->kernels && i < n_ops; i++)
         kk_free(r->kernels[i]);
     kiln__free(r->kernels);
     kiln__free(r->ptr);
     kiln__free(r->arena);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
     kiln__free(r);
 }
 
@@ -240,57 +253,152 @@ static kiln_status verify_once(kiln_model *m)
     return s;
 }
 
+/* A replica with its arena and value addresses, no kernels yet. */
+static kiln_status replica_new(const kp_program *p, int core, rt_replica **out)
+{
+    rt_replica *r = kiln__calloc(1, sizeof *r);
+    if (!r)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory placing the model");
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    r->core = core;
+    r->arena = kiln__aligned_alloc(4096, p->arena_bytes ? p->arena_bytes : 1);
+    r->ptr = kiln__calloc(p->n_values ? p->n_values : 1, sizeof(void *));
+    r->kernels = kiln__calloc(p->n_ops ? p->n_ops : 1, sizeof(kk_kernel *));
+    if (!r->arena || !r->ptr || !r->kernels) {
+        replica_free(r, 0);
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory placing the model (arena of %llu bytes)",
+                          (unsigned long long)p->arena_bytes);
+    }
+    for (uint32_t v = 0; v < p->n_values; v++) {
+        const kp_value *val = &p->values[v];
+        r->ptr[v] = val->kind == KP_VAL_CONST ? (void *)(p->weights + val->offset) : r->arena + val->offset;
+    }
+    *out = r;
+    return KILN_OK;
+}
+
+/* ---- creating a replica's kernels on several threads ----
+ * The placing thread and up to RT_MAX_HELPERS loader threads take ops in program order from
+ * one counter, create each op's kernel under the core's OpenMP thread count, and publish it
+ * (store-release) so that a forward already running on the core's worker can run op i the
+ * moment its kernel exists: streaming placement. */
+
+#define RT_MAX_HELPERS 7
+
+typedef struct rt_build {
+    kiln_model *m;
+    rt_replica *r;
+    uint32_t    next;                     /* atomic: the next op to create */
+    int         running;                  /* helper jobs not finished (under r->mu) */
+    rt_job      helpers[RT_MAX_HELPERS];
+} rt_build;
+
+static void create_loop(rt_build *b)
+{
+    const kp_program *p = b->m->prog;
+    rt_replica *r = b->r;
+    rt_core *core = rt_core_get(r->core);
+    int prev = kk_thread_prepare(core->kk);
+    uint64_t copied = 0;
+    for (;;) {
+        uint32_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (i >= p->n_ops || __atomic_load_n(&r->failed, __ATOMIC_ACQUIRE))
+            break;
+        kk_kernel *k = NULL;
+        kiln_status s = kk_create_planned(core->kk, b->m->plan, i, r->ptr, &k, &copied);
+        pthread_mutex_lock(&r->mu);
+        if (s == KILN_OK) {
+            __atomic_store_n(&r->kernels[i], k, __ATOMIC_RELEASE);
+        } else if (!r->failed) {
+            r->error = s;
+            snprintf(r->error_msg, sizeof r->error_msg, "%s", kiln_last_error());
+            __atomic_store_n(&r->failed, true, __ATOMIC_RELEASE);
+        }
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        if (s != KILN_OK)
+            break;
+    }
+    kk_thread_restore(prev);
+    pthread_mutex_lock(&r->mu);
+    r->copied += copied;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void helper_job(rt_core *unused, rt_job *job)
+{
+    rt_build *b = job->arg;
+    rt_replica *r = b->r;
+    create_loop(b);
+    pthread_mutex_lock(&r->mu);
+    b->running--;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu); /* b may be gone after this */
+}
+
+/* Creates every kernel of r. Returns the first failure. */
+static kiln_status build_kernels(kiln_model *m, rt_replica *r)
+{
+    rt_build b = { .m = m, .r = r, .next = 0 };
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int nh = (int)(cpus > 1 ? cpus - 1 : 0);
+    if (nh > RT_MAX_HELPERS)
+        nh = RT_MAX_HELPERS;
+    if ((uint32_t)nh >= m->prog->n_ops)
+        nh = m->prog->n_ops > 0 ? (int)m->prog->n_ops - 1 : 0;
+    b.running = nh;
+    for (int j = 0; j < nh; j++) {
+        b.helpers[j].fn = helper_job;
+        b.helpers[j].arg = &b;
+        rt_loader_submit(&b.helpers[j]);
+    }
+    create_loop(&b);
+    /* helpers that have not started are not needed any more (this thread did their share;
+     * waiting for them could deadlock when every loader thread is such a placing thread) */
+    for (int j = 0; j < nh; j++)
+        if (rt_loader_cancel(&b.helpers[j])) {
+            pthread_mutex_lock(&r->mu);
+            b.running--;
+            pthread_mutex_unlock(&r->mu);
+        }
+    pthread_mutex_lock(&r->mu);
+    while (b.running > 0)
+        pthread_cond_wait(&r->cv, &r->mu);
+    kiln_status s = r->failed ? r->error : KILN_OK;
+    if (s != KILN_OK)
+        kiln__fail(s, "%s", r->error_msg);
+    pthread_mutex_unlock(&r->mu);
+    return s;
+}
+
+/* The kernel of op i of a replica that may still be being built: waits for it. NULL if the
+ * build failed (the cause is made this thread's error). */
+static kk_kernel *replica_kernel(rt_replica *r, uint32_t i)
+{
+    kk_kernel *k = __atomic_load_n(&r->kernels[i], __ATOMIC_ACQUIRE);
+    if (k)
+        return k;
+    pthread_mutex_lock(&r->mu);
+    while (!(k = __atomic_load_n(&r->kernels[i], __ATOMIC_ACQUIRE)) && !r->failed)
+        pthread_cond_wait(&r->cv, &r->mu);
+    if (!k)
+        kiln__fail(KILN_ERR_LOAD, "the model's placement failed: %s", r->error_msg);
+    pthread_mutex_unlock(&r->mu);
+    return k;
+}
+
+static void reserve_job(rt_core *core, rt_job *job)
+{
+    job->status = kk_core_reserve(core->kk);
+}
+
 typedef struct place_arg {
     kiln_model *m;
     rt_replica *rep;
     double      t_place, t_kernels, t_ready; /* seconds */
 } place_arg;
 
-/* Runs on the target core's worker: addresses and kernels. */
-static void place_job(rt_core *core, rt_job *job)
-{
-    place_arg *a = job->arg;
-    const kp_program *p = a->m->prog;
-    double t0 = kiln__now();
-    rt_replica *r = kiln__calloc(1, sizeof *r);
-    if (!r) {
-        job->status = kiln__fail(KILN_ERR_NOMEM, "out of memory placing the model");
-        return;
-    }
-    r->core = core->index;
-    r->arena = kiln__aligned_alloc(4096, p->arena_bytes ? p->arena_bytes : 1);
-    r->ptr = kiln__calloc(p->n_values ? p->n_values : 1, sizeof(void *));
-    r->kernels = kiln__calloc(p->n_ops ? p->n_ops : 1, sizeof(kk_kernel *));
-    if (!r->arena || !r->ptr || !r->kernels) {
-        replica_free(r);
-        job->status = kiln__fail(KILN_ERR_NOMEM, "out of memory placing the model (arena of %llu bytes)",
-                                 (unsigned long long)p->arena_bytes);
-        return;
-    }
-    for (uint32_t v = 0; v < p->n_values; v++) {
-        const kp_value *val = &p->values[v];
-        r->ptr[v] = val->kind == KP_VAL_CONST ? (void *)(p->weights + val->offset) : r->arena + val->offset;
-    }
-    double t1 = kiln__now();
-    for (uint32_t i = 0; i < p->n_ops; i++) {
-        kiln_status s = kk_create(core->kk, p, i, r->ptr, &r->kernels[i], &r->copied);
-        if (s != KILN_OK) {
-            replica_free(r);
-            job->status = s;
-            return;
-        }
-        r->n_kernels = i + 1;
-    }
-    a->rep = r;
-    a->t_place = t0;
-    a->t_kernels = t1;
-    a->t_ready = kiln__now();
-    job->status = KILN_OK;
-}
-
-/* One placement of m on core, from whichever thread runs it (the caller's for a
- * synchronous load, a loader's for an async one): verify once, then the core's worker
- * makes the replica. Called without m->mu held. */
 /* Test hook: while the gate is closed, placements wait at their start (so tests can see a
  * model LOADING, or free it mid-load, without relying on timing). */
 static struct {
@@ -332,10 +440,46 @@ static kiln_status place_on(kiln_model *m, int core, place_arg *a)
     a->m = m;
     a->rep = NULL;
     gate_pass();
+    rt_core *c = rt_core_get(core);
+    if (c->kk_status != KILN_OK)
+        return kiln__fail(c->kk_status, "%s", c->kk_error);
     kiln_status s = verify_once(m);
-    if (s == KILN_OK)
-        s = rt_run(rt_core_get(core), place_job, a);
-    return s;
+    if (s != KILN_OK)
+        return s;
+    a->t_place = kiln__now();
+    rt_replica *r = NULL;
+    if ((s = replica_new(m->prog, core, &r)) != KILN_OK)
+        return s;
+    /* From here a forward may use the replica while its kernels are made (streaming). */
+    pthread_mutex_lock(&m->mu);
+    m->replicas[core] = r;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+    a->t_kernels = kiln__now();
+    s = build_kernels(m, r);
+    if (s == KILN_OK) /* the core's scratchpad grown now, so no forward allocates */
+        s = rt_run(c, reserve_job, NULL);
+    a->t_ready = kiln__now();
+    if (s != KILN_OK) {
+        /* take it back once no forward uses it; nothing half-placed stays */
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", kiln_last_error());
+        pthread_mutex_lock(&m->mu);
+        m->replicas[core] = NULL;
+        m->state = KILN_FAILED; /* before waiting: forwards streaming through r wait for it */
+        if (!m->error) {
+            m->error = s;
+            snprintf(m->error_msg, sizeof m->error_msg, "%.500s", msg);
+        }
+        pthread_cond_broadcast(&m->cv);
+        while (r->users > 0)
+            pthread_cond_wait(&m->cv, &m->mu);
+        pthread_mutex_unlock(&m->mu);
+        replica_free(r, m->prog->n_ops);
+        return kiln__fail(s, "%s", msg);
+    }
+    a->rep = r;
+    return KILN_OK;
 }
 
 /* Records a finished placement (m->mu held). On failure the model turns FAILED with the
@@ -345,7 +489,8 @@ static void place_finish(kiln_model *m, int core, kiln_status s, const place_arg
     m->pending--;
     m->placing[core] = 0;
     if (s == KILN_OK) {
-        m->replicas[core] = a->rep;
+        m->replicas[core] = a->rep; /* published already (streaming); now complete */
+        a->rep->complete = true;
         m->placements[core]++;
         m->report.place_ms = (a->t_kernels - a->t_place) * 1e3;
         m->report.kernels_ms = (a->t_ready - a->t_kernels) * 1e3;
@@ -425,9 +570,11 @@ static int first_core_locked(kiln_model *m)
     return rt_reserve_default_core(NULL);
 }
 
-/* Returns a replica to run on: the first placed one; when there is none and none is
- * pending, places one on the default core (in the background if the model is async) and
- * waits. Exactly one placement happens however many threads call this at once. */
+/* Returns a replica to run on, counted as used (give it back with release_replica): the
+ * first placed one — possibly one whose kernels are still being made, which a forward may
+ * stream through; when there is none and none is pending, places one on the default core
+ * (in the background if the model is async) and waits for it to appear. Exactly one
+ * placement happens however many threads call this at once. */
 static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
 {
     kiln_status s = KILN_OK;
@@ -441,6 +588,7 @@ static kiln_status acquire_replica(kiln_model *m, rt_replica **out)
         for (int c = 0; c < m->n_cores && !r; c++)
             r = m->replicas[c];
         if (r) {
+            r->users++;
             *out = r;
             break;
         }
@@ -613,10 +761,26 @@ kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t 
     return KILN_OK;
 }
 
+/* Gives back a replica from acquire_replica. A forward that streamed through a replica
+ * still being placed returns only once that placement is recorded, so that what the caller
+ * sees next (state, placement counts) includes it. */
+static void release_replica(kiln_model *m, rt_replica *r)
+{
+    pthread_mutex_lock(&m->mu);
+    while (!r->complete && m->state != KILN_FAILED)
+        pthread_cond_wait(&m->cv, &m->mu);
+    r->users--; /* r may be freed once this is 0 and the lock is dropped */
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
 kiln_status rt_replica_run(const kp_program *p, rt_replica *r)
 {
     for (uint32_t i = 0; i < p->n_ops; i++) {
-        kiln_status s = kk_run(r->kernels[i]);
+        kk_kernel *k = replica_kernel(r, i);
+        if (!k)
+            return KILN_ERR_LOAD;
+        kiln_status s = kk_run(k);
         if (s != KILN_OK)
             return s;
     }
@@ -672,16 +836,30 @@ KILN_API kiln_status kiln_forward(kiln_model *m, const kiln_tensor *inputs, size
     rt_replica *r = NULL;
     if ((s = acquire_replica(m, &r)) != KILN_OK)
         return s;
-    return rt_forward_replica(p, r, inputs, outputs);
+    s = rt_forward_replica(p, r, inputs, outputs);
+    if (s != KILN_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", kiln_last_error());
+        release_replica(m, r);
+        return kiln__fail(s, "%s", msg);
+    }
+    release_replica(m, r);
+    return KILN_OK;
 }
 
 /* ---------------------------------------------------------------------------------------
  * Free
  * ------------------------------------------------------------------------------------- */
 
+typedef struct free_arg {
+    rt_replica *r;
+    uint32_t    n_ops;
+} free_arg;
+
 static void free_job(rt_core *core, rt_job *job)
 {
-    replica_free(job->arg);
+    free_arg *a = job->arg;
+    replica_free(a->r, a->n_ops);
     job->status = KILN_OK;
 }
 
@@ -704,9 +882,11 @@ KILN_API void kiln_model_free(kiln_model *m)
     for (int c = 0; c < m->n_cores; c++) {
         if (!m->replicas[c])
             continue;
-        rt_run(rt_core_get(c), free_job, m->replicas[c]);
+        free_arg fa = { m->replicas[c], m->prog->n_ops };
+        rt_run(rt_core_get(c), free_job, &fa);
         rt_core_replicas_add(c, -1);
     }
+    kk_plan_free(m->plan);
     kp_program_free(m->prog);
     ka_close(m->file);
     pthread_mutex_destroy(&m->mu);

@@ -8,14 +8,23 @@
 #include "runtime/runtime.h"
 
 /* One placement of a model on one core: its activation arena, the address of every value
- * and the kernels. Touched only by that core's worker once placed. */
+ * and the kernels. Its arena is touched only by that core's worker. Kernels are made by
+ * several threads and published one by one (kernels[i] written with store-release, read with
+ * load-acquire), so a forward may run op i as soon as its kernel exists. */
 typedef struct rt_replica {
-    int         core;
-    uint8_t    *arena;
-    void      **ptr;          /* per value: arena slot or weight address */
-    kk_kernel **kernels;      /* per op */
-    uint32_t    n_kernels;
-    uint64_t    copied;       /* weight bytes reordered/copied at placement */
+    int             core;
+    uint8_t        *arena;
+    void          **ptr;        /* per value: arena slot or weight address */
+    kk_kernel     **kernels;    /* per op; NULL until made */
+    pthread_mutex_t mu;         /* guards the fields below (and waits for kernels) */
+    pthread_cond_t  cv;         /* a kernel was published, the build failed, a helper ended */
+    bool            failed;     /* the build failed (also read atomically) */
+    kiln_status     error;
+    char            error_msg[512];
+    uint64_t        copied;     /* weight bytes reordered/copied at placement */
+    /* under the model's mu: */
+    int             users;      /* forwards using it */
+    bool            complete;   /* every kernel made and the placement recorded */
 } rt_replica;
 
 /* A background placement's job, one slot per core (at most one placement of a model per
@@ -30,6 +39,7 @@ typedef struct rt_slot {
 struct kiln_model {
     /* immutable after construction */
     kp_program       *prog;
+    kk_plan          *plan;        /* what every replica's kernels agree on (kernels.h) */
     ka_file          *file;        /* NULL for a traced model */
     char             *path;        /* "" for a traced model */
     int               n_cores;

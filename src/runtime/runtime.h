@@ -44,7 +44,10 @@ struct rt_core {
     int             cpus[64];
     pthread_t       thread;
     rt_queue        q;                     /* served by this core's worker only */
-    kk_core        *kk;                    /* the worker's kernel context (worker-only) */
+    kk_core        *kk;                    /* the worker's kernel context: runs only on the
+                                              worker; kernels may be created anywhere */
+    kiln_status     kk_status;             /* why kk could not be made (KILN_OK: it was) */
+    char            kk_error[480];
     uint32_t        replicas;              /* replicas placed here (under rt.mu) */
 };
 
