@@ -121,6 +121,21 @@ static void *fwd_main(void *arg)
     return NULL;
 }
 
+typedef struct stream_arg {
+    kiln_model  *m;
+    kiln_tensor *in, *out;
+    kiln_status  s;
+    atomic_int   done;
+} stream_arg;
+
+static void *streaming_forward(void *arg)
+{
+    stream_arg *a = arg;
+    a->s = kiln_forward(a->m, a->in, 1, a->out, 1);
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
 static void *wait_main(void *arg)
 {
     fwd_thread *t = arg;
@@ -261,6 +276,69 @@ static void test_many_forwards(void)
     kiln_model_free(m);
 }
 
+/* Streaming placement: a forward on a model whose kernels are still being made runs each op
+ * as soon as its own kernel exists. Creation is held before op 6 of the 12-op chain model:
+ * the forward must get through ops 0-5 and wait there, the model still LOADING. */
+static void test_streaming(const char *dir)
+{
+    char p[1024];
+    kiln_tensor cx, cref;
+    snprintf(p, sizeof p, "%s/chain.in.npy", dir);
+    CHECK(npy_read(p, &cx) == KILN_OK);
+    snprintf(p, sizeof p, "%s/chain.out.npy", dir);
+    CHECK(npy_read(p, &cref) == KILN_OK);
+    snprintf(p, sizeof p, "%s/chain.onnx", dir);
+    kiln_tensor spec = cx;
+    spec.data = NULL;
+    kiln_model *m = NULL;
+    if (!CHECK_OK(kiln_trace(p, &spec, 1, &m)))
+        return;
+    CHECK(m->prog->n_ops == 12);
+    kiln_async_load(m, 1);
+    const char *art = test_path("chain_async.kiln");
+    CHECK_OK(kiln_save(m, art));
+    kiln_model_free(m);
+
+    rt_test_hold_ops_from(6);
+    if (CHECK_OK(kiln_load(art, &m))) {
+        size_t bytes = (size_t)kiln__numel(cref.ndim, cref.shape) * 4;
+        kiln_tensor out = cref;
+        out.data = malloc(bytes);
+        stream_arg a = { m, &cx, &out, KILN_ERR_INTERNAL, 0 };
+        pthread_t t;
+        pthread_create(&t, NULL, streaming_forward, &a);
+        uint64_t ran = 0;
+        for (int i = 0; i < 10000 && ran < 6; i++) {
+            usleep(1000);
+            pthread_mutex_lock(&m->mu);
+            for (int c = 0; c < m->n_cores; c++)
+                if (m->replicas[c])
+                    ran = __atomic_load_n(&m->replicas[c]->ran, __ATOMIC_RELAXED);
+            pthread_mutex_unlock(&m->mu);
+        }
+        usleep(20 * 1000);
+        CHECK(ran == 6); /* ops 0-5 ran before ops 6-11 had kernels */
+        CHECK(!atomic_load(&a.done));
+        CHECK(kiln_model_state(m) == KILN_LOADING);
+        CHECK(kiln_model_placements(m, -1) == 0);
+        rt_test_hold_ops_from(-1);
+        pthread_join(t, NULL);
+        CHECK_OK(a.s);
+        double md = 0, mr = 0;
+        for (size_t i = 0; i < bytes / 4; i++) {
+            md = fmax(md, fabs(((float *)out.data)[i] - ((float *)cref.data)[i]));
+            mr = fmax(mr, fabs(((float *)cref.data)[i]));
+        }
+        CHECK(md <= 1e-4 * mr);
+        CHECK(kiln_model_state(m) == KILN_LOADED && kiln_model_placements(m, -1) == 1);
+        free(out.data);
+        kiln_model_free(m);
+    }
+    rt_test_hold_ops_from(-1);
+    free(cx.data);
+    free(cref.data);
+}
+
 static void test_spread_and_concurrent(void)
 {
     int n = kiln_num_cores();
@@ -301,6 +379,7 @@ int main(void)
     test_async_failure();
     test_free_during_load();
     test_many_forwards();
+    test_streaming(dir);
     test_spread_and_concurrent();
     free(x.data);
     free(ref.data);

@@ -278,6 +278,8 @@ static kiln_status replica_new(const kp_program *p, int core, rt_replica **out)
     return KILN_OK;
 }
 
+static void hold_op(uint32_t i);
+
 /* ---- creating a replica's kernels on several threads ----
  * The placing thread and up to RT_MAX_HELPERS loader threads take ops in program order from
  * one counter, create each op's kernel under the core's OpenMP thread count, and publish it
@@ -305,6 +307,7 @@ static void create_loop(rt_build *b)
         uint32_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
         if (i >= p->n_ops || __atomic_load_n(&r->failed, __ATOMIC_ACQUIRE))
             break;
+        hold_op(i);
         kk_kernel *k = NULL;
         kiln_status s = kk_create_planned(core->kk, b->m->plan, i, r->ptr, &k, &copied);
         pthread_mutex_lock(&r->mu);
@@ -406,7 +409,8 @@ static struct {
     pthread_cond_t  cv;
     bool            closed;
     int             waiting;
-} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0 };
+    long            hold_from;   /* -1: no hold (see rt_test_hold_ops_from) */
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, -1 };
 
 void rt_test_gate(bool closed)
 {
@@ -422,6 +426,25 @@ int rt_test_gate_waiting(void)
     int n = gate.waiting;
     pthread_mutex_unlock(&gate.mu);
     return n;
+}
+
+void rt_test_hold_ops_from(long first)
+{
+    pthread_mutex_lock(&gate.mu);
+    gate.hold_from = first;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+}
+
+/* Test hook: kernel creation stops before op `hold_from` until released. */
+static void hold_op(uint32_t i)
+{
+    if (__atomic_load_n(&gate.hold_from, __ATOMIC_RELAXED) < 0)
+        return;
+    pthread_mutex_lock(&gate.mu);
+    while (gate.hold_from >= 0 && (long)i >= gate.hold_from)
+        pthread_cond_wait(&gate.cv, &gate.mu);
+    pthread_mutex_unlock(&gate.mu);
 }
 
 static void gate_pass(void)
@@ -783,6 +806,7 @@ kiln_status rt_replica_run(const kp_program *p, rt_replica *r)
         kiln_status s = kk_run(k);
         if (s != KILN_OK)
             return s;
+        __atomic_fetch_add(&r->ran, 1, __ATOMIC_RELAXED);
     }
     return KILN_OK;
 }

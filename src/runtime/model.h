@@ -22,6 +22,7 @@ typedef struct rt_replica {
     kiln_status     error;
     char            error_msg[512];
     uint64_t        copied;     /* weight bytes reordered/copied at placement */
+    uint64_t        ran;        /* ops run so far (atomic; tests watch streaming with it) */
     /* under the model's mu: */
     int             users;      /* forwards using it */
     bool            complete;   /* every kernel made and the placement recorded */
@@ -83,6 +84,8 @@ KILN_INTERNAL kiln_status rt_model_replicas(kiln_model *m, const int *cores, int
 
 /* Test hooks: close the gate to hold every placement at its start; how many wait there. */
 KILN_INTERNAL void rt_test_gate(bool closed);
+/* Test hook: kernel creation waits before op `first` (and later ones) until called with -1. */
+KILN_INTERNAL void rt_test_hold_ops_from(long first);
 KILN_INTERNAL int  rt_test_gate_waiting(void);
 
 #endif
