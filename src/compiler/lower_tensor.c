@@ -972,8 +972,10 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
     if (red < 0)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
     bool all_const = kc_is_const(c, x.id) && kc_is_const(c, idx.id) && kc_is_const(c, upd.id);
-    if (!kc_is_const(c, idx.id))
-        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "indices not known at trace time");
+    if (!kc_is_const(c, idx.id)) { /* the shared message, naming the input */
+        int unused;
+        return kc_const_ints(c, n, idx.id, NULL, 0, &unused);
+    }
     if (red && !all_const)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s' over run-time data", rs);
     KC_TRY(kc_same_dtype(c, n, &x, &upd));
@@ -1038,8 +1040,10 @@ kiln_status kc_lower_scatter_elements(kc_ctx *c, const kg_node *n)
     const char *rs = kg_attr_string(n, "reduction", "none");
     if (strcmp(rs, "none"))
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
-    if (!kc_is_const(c, idx.id))
-        return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "indices not known at trace time");
+    if (!kc_is_const(c, idx.id)) { /* the shared message, naming the input */
+        int unused;
+        return kc_const_ints(c, n, idx.id, NULL, 0, &unused);
+    }
     KC_TRY(kc_check_rank(c, n, &x, "data", 1, KILN_MAX_DIMS));
     KC_TRY(kc_same_dtype(c, n, &x, &upd));
     KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
