@@ -13,15 +13,17 @@
  * reason). Floats match when max|got - ref| <= atol + rtol * max|ref| (NaN matches NaN);
  * integers and bools match exactly. Exit status 1 if any test failed.
  *
- * When trace says a graph input "must be known at trace time" (a shape, axes, bounds, scales:
- * kiln compiles for fixed shapes), that input becomes an initializer holding the test's data
- * and the test is traced again; such passes are counted apart ("bound at trace time").
+ * When trace says an input "must be known at trace time" (a shape, axes, bounds, scales:
+ * kiln compiles for fixed shapes), the graph input it is (or is computed from) becomes an
+ * initializer holding the test's data and the test is traced again; such passes are counted
+ * apart ("bound at trace time").
  * An op is supported when kiln lowers it (kc_op_table) and at least one of its tests passes;
  * the summary also lists the unsupported variants of supported ops with their reasons, the
  * ops that pass only as written-out functions (_expanded tests), and the ops kiln lowers
  * that no test passes. --ops-out writes the supported ops, one a line; --table-out a
  * tab-separated table of all that (lines "op", "unsupported", "expanded", "untested",
- * "excluded"), which docs/OPERATORS.md is made from.
+ * "excluded", and one "test" line per test: name, op, verdict, bound inputs, message), which
+ * tests/operators_doc.py turns into docs/OPERATORS.md.
  */
 #define _GNU_SOURCE
 #include "kiln.h"
@@ -394,8 +396,9 @@ static bool same_shape(int na, const int64_t *a, int nb, const int64_t *b)
  * Slice's starts/ends, Unsqueeze's axes, Clip's bounds, Resize's scales, ...) must be known at
  * trace time. Many node tests feed those as graph inputs; a user of kiln would make them
  * initializers. When trace refuses a test because such an input is not known, the runner
- * does that for the user: it turns that graph input into an initializer holding the test's
- * data and traces again (for as many inputs as it takes). Such a test passes "with
+ * does that for the user: it turns that graph input (or the graph inputs the value is
+ * computed from) into initializers holding the test's data and traces again (for as many
+ * inputs as it takes). Such a test passes "with
  * parameters bound at trace time" and is counted apart. */
 
 /* The input name in trace's "input 'NAME' must be known at trace time" message, if any. */
@@ -417,8 +420,33 @@ static bool trace_time_input(const char *msg, char *name, size_t n)
     return true;
 }
 
+/* Adds to in_mask the graph inputs (positions in g->inputs) that value v is computed from
+ * (v itself if it is one). */
+static void upstream_inputs(const kg_graph *g, int v, bool *seen, bool *in_mask)
+{
+    if (v < 0 || seen[v])
+        return;
+    seen[v] = true;
+    for (int i = 0; i < g->n_inputs; i++) {
+        if (g->inputs[i] == v) {
+            in_mask[i] = true;
+            return;
+        }
+    }
+    for (int k = 0; k < g->n_nodes; k++) {
+        const kg_node *nd = &g->nodes[k];
+        for (int o = 0; o < nd->n_out; o++) {
+            if (nd->out[o] == v) {
+                for (int j = 0; j < nd->n_in; j++)
+                    upstream_inputs(g, nd->in[j], seen, in_mask);
+                return;
+            }
+        }
+    }
+}
+
 /* Makes graph input `name` of g an initializer holding a copy of t. False if g has no such
- * input (the value is computed from inputs, not one itself). */
+ * input, or on NOMEM. */
 static bool bind_input(kiln_onnx *g, const char *name, const kg_tensor *t)
 {
     kg_graph *gr = g->graph;
@@ -521,19 +549,44 @@ static char run_one(const char *dir)
         st = kiln_onnx_trace(g, live, n_live, &m);
         if (st == KILN_OK)
             break;
+        /* the graph inputs the named value is (or is computed from) */
         char bname[256];
-        size_t k = n_in;
+        bool want[MAX_IO] = { false }, any = false;
         if (st == KILN_ERR_UNSUPPORTED && trace_time_input(kiln_last_error(), bname, sizeof bname)) {
-            for (k = 0; k < n_in && (bound[k] || strcmp(in_name[k], bname) != 0); k++)
-                ;
+            const kg_graph *gr = g->graph;
+            bool *seen = calloc((size_t)gr->n_values + 1, 1), in_mask[MAX_IO] = { false };
+            for (int v = 0; v < gr->n_values && seen; v++) {
+                if (strcmp(gr->values[v].name, bname) == 0) {
+                    upstream_inputs(gr, v, seen, in_mask);
+                    break;
+                }
+            }
+            free(seen);
+            for (int i = 0; i < gr->n_inputs && i < MAX_IO; i++) {
+                if (!in_mask[i])
+                    continue;
+                const char *iname = gr->values[gr->inputs[i]].name;
+                for (size_t k = 0; k < n_in; k++) {
+                    if (!bound[k] && strcmp(in_name[k], iname) == 0)
+                        want[k] = any = true;
+                }
+            }
         }
-        if (k == n_in || !bind_input(g, bname, in_t[k])) {
+        if (!any) {
             say('M', "trace: %s: %s", kiln_status_name(st), kiln_last_error());
             verdict = st == KILN_ERR_UNSUPPORTED ? 'U' : 'F';
             goto done;
         }
-        bound[k] = true;
-        say('B', "%s", bname);
+        for (size_t k = 0; k < n_in; k++) {
+            if (!want[k])
+                continue;
+            if (!bind_input(g, in_name[k], in_t[k])) {
+                say('M', "binding input '%s' at trace time failed", in_name[k]);
+                goto done;
+            }
+            bound[k] = true;
+            say('B', "%s", in_name[k]);
+        }
         n_live = 0;
         for (size_t i = 0; i < n_in; i++) {
             if (!bound[i])
@@ -1018,6 +1071,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < n_res && table; i++) {
         if (res[i].verdict == 'X')
             fprintf(table, "excluded\t%s\t%s\n", res[i].name, res[i].msg);
+        fprintf(table, "test\t%s\t%s\t%c\t%s\t%s\n", res[i].name, res[i].op, res[i].verdict,
+                res[i].bound, res[i].msg);
     }
     if (table && fclose(table) != 0) {
         fprintf(stderr, "onnx_node_tests: cannot write %s (%s)\n", table_out, strerror(errno));
