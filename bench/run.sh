@@ -64,6 +64,10 @@ done
 [ ${#ONLY[@]} -gt 0 ] || ONLY=(resnet18 mobilenet_v2 bert)
 T_START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+# The commit measured (the table is written at the end, when HEAD may have moved on).
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "?") DIRTY=false
+git -C "$ROOT" status --porcelain --untracked-files=no -- src include 2>/dev/null | grep -q . && DIRTY=true
+DATE=$(date +%F)
 
 # Debian's python3 has torch; a python3 earlier on PATH (pyenv, venv) may not.
 PY=${PYTHON:-}
@@ -256,7 +260,7 @@ fi
 
 # 6. The table.
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
-emit run run "" "{\"seconds\": $(($(date +%s) - T_START)), \"loadavg_start\": \"$LOAD_START\", \"loadavg_end\": \"$LOAD_END\", \"cold_method\": \"$COLD_METHOD\", \"fresh\": $FRESH, \"cold\": $COLD, \"rounds\": $ROUNDS, \"loads\": $LOADS, \"cold_loads\": $COLD_LOADS, \"runs\": $RUNS, \"warmup\": $WARMUP, \"budget\": $BUDGET, \"pipeline_runs\": $PIPE_RUNS}"
+emit run run "" "{\"commit\": \"$COMMIT\", \"dirty\": $DIRTY, \"date\": \"$DATE\", \"seconds\": $(($(date +%s) - T_START)), \"loadavg_start\": \"$LOAD_START\", \"loadavg_end\": \"$LOAD_END\", \"cold_method\": \"$COLD_METHOD\", \"fresh\": $FRESH, \"cold\": $COLD, \"rounds\": $ROUNDS, \"loads\": $LOADS, \"cold_loads\": $COLD_LOADS, \"runs\": $RUNS, \"warmup\": $WARMUP, \"budget\": $BUDGET, \"pipeline_runs\": $PIPE_RUNS}"
 say "done measuring; the table:"
 args=("$OUT" --root "$ROOT")
 [ $DOCS = 1 ] && args+=(--docs "$ROOT/docs/BENCHMARKS.md")
