@@ -41,7 +41,7 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   run_build asan "" -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=address -DCMAKE_C_COMPILER=clang
 # The threaded tests under ThreadSanitizer (oneDNN's OpenMP runtime is not instrumented).
 TSAN_OPTIONS=ignore_noninstrumented_modules=1:halt_on_error=1 \
-  run_build tsan "test_load|test_dp|test_soak" -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=thread -DCMAKE_C_COMPILER=clang
+  run_build tsan "test_load|test_dp|test_soak|test_kernels_threads" -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=thread -DCMAKE_C_COMPILER=clang
 
 echo "kiln tests: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
