@@ -163,38 +163,6 @@ static void share_job(rt_core *core, rt_job *job)
     job->status = KILN_OK;
 }
 
-/* Checks the caller's tensors: every dim as traced except `dim`, whose extent must be `want`
- * (times the traced output/input ratio for outputs). */
-static kiln_status check_split(const kp_program *p, const uint32_t *ids, uint32_t n_ids,
-                               const kiln_tensor *t, size_t n, int dim, int64_t in_full, int64_t traced,
-                               const char *what)
-{
-    if (n != n_ids)
-        return kiln__fail(KILN_ERR_SHAPE, "the model has %u %ss, %zu given", n_ids, what, n);
-    if (n && !t)
-        return kiln__fail(KILN_ERR_ARG, "%ss are NULL", what);
-    for (size_t i = 0; i < n; i++) {
-        const kp_value *v = &p->values[ids[i]];
-        kiln_tensor want = { (kiln_dtype)v->dtype, v->ndim, { 0 }, NULL };
-        memcpy(want.shape, v->shape, sizeof want.shape);
-        want.shape[dim] = v->shape[dim] / traced * in_full;
-        bool ok = t[i].dtype == want.dtype && t[i].ndim == want.ndim;
-        for (int d = 0; ok && d < v->ndim; d++)
-            ok = t[i].shape[d] == want.shape[d];
-        if (!ok) {
-            char s1[160], s2[160];
-            return kiln__fail(KILN_ERR_SHAPE, "%s %zu ('%s') must be %s %s, got %s %s", what, i, kp_str(p, v->name),
-                              kiln_dtype_name(want.dtype), kiln__shape_str(want.ndim, want.shape, s1, sizeof s1),
-                              kiln_dtype_name(t[i].dtype),
-                              kiln__shape_str(t[i].ndim < 0 || t[i].ndim > KILN_MAX_DIMS ? 0 : t[i].ndim,
-                                              t[i].shape, s2, sizeof s2));
-        }
-        if (!t[i].data && kiln__numel(want.ndim, want.shape) > 0)
-            return kiln__fail(KILN_ERR_ARG, "%s %zu ('%s') has no data", what, i, kp_str(p, v->name));
-    }
-    return KILN_OK;
-}
-
 KILN_API kiln_status kiln_dp_forward(kiln_dp *dp, const kiln_tensor *inputs, size_t n_in,
                                      kiln_tensor *outputs, size_t n_out)
 {
@@ -228,9 +196,9 @@ KILN_API kiln_status kiln_dp_forward(kiln_dp *dp, const kiln_tensor *inputs, siz
                               "batch %lld: dynamic batching cannot split it", kp_str(p, v->name),
                               (long long)v->shape[dim], dim, (long long)traced);
     }
-    kiln_status s = check_split(p, p->inputs, p->n_inputs, inputs, n_in, dim, total, traced, "input");
+    kiln_status s = rt_check_tensors(p, p->inputs, p->n_inputs, inputs, n_in, "input", dim, total, traced);
     if (s == KILN_OK)
-        s = check_split(p, p->outputs, p->n_outputs, outputs, n_out, dim, total, traced, "output");
+        s = rt_check_tensors(p, p->outputs, p->n_outputs, outputs, n_out, "output", dim, total, traced);
     if (s != KILN_OK)
         return s;
 

@@ -757,7 +757,8 @@ KILN_API kiln_status kiln_wait(kiln_model *m)
 
 /* Checks caller tensors against the program's values; KILN_ERR_SHAPE naming the mismatch. */
 kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t n_ids,
-                             const kiln_tensor *t, size_t n, const char *what)
+                             const kiln_tensor *t, size_t n, const char *what, int dim,
+                             int64_t num, int64_t den)
 {
     if (n != n_ids)
         return kiln__fail(KILN_ERR_SHAPE, "the model has %u %ss, %zu given", n_ids, what, n);
@@ -766,19 +767,23 @@ kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t 
     for (size_t i = 0; i < n; i++) {
         const kp_value *v = &p->values[ids[i]];
         const char *name = kp_str(p, v->name);
+        int64_t want[KILN_MAX_DIMS];
+        memcpy(want, v->shape, sizeof want);
+        if (dim >= 0 && dim < v->ndim)
+            want[dim] = v->shape[dim] / den * num;
         char s1[160], s2[160];
         if ((int)t[i].dtype != v->dtype)
             return kiln__fail(KILN_ERR_SHAPE, "%s %zu ('%s') must be %s, got %s", what, i, name,
                               kiln_dtype_name((kiln_dtype)v->dtype), kiln_dtype_name(t[i].dtype));
         bool ok = t[i].ndim == v->ndim;
         for (int d = 0; ok && d < v->ndim; d++)
-            ok = t[i].shape[d] == v->shape[d];
+            ok = t[i].shape[d] == want[d];
         if (!ok)
             return kiln__fail(KILN_ERR_SHAPE, "%s %zu ('%s') must have shape %s, got %s", what, i, name,
-                              kiln__shape_str(v->ndim, v->shape, s1, sizeof s1),
+                              kiln__shape_str(v->ndim, want, s1, sizeof s1),
                               kiln__shape_str(t[i].ndim < 0 || t[i].ndim > KILN_MAX_DIMS ? 0 : t[i].ndim,
                                               t[i].shape, s2, sizeof s2));
-        if (!t[i].data && kp_value_numel(v) > 0)
+        if (!t[i].data && kiln__numel(v->ndim, want) > 0)
             return kiln__fail(KILN_ERR_ARG, "%s %zu ('%s') has no data", what, i, name);
     }
     return KILN_OK;
@@ -850,9 +855,9 @@ KILN_API kiln_status kiln_forward(kiln_model *m, const kiln_tensor *inputs, size
         return kiln__fail(KILN_ERR_ARG, "kiln_forward: model is NULL");
     kiln__clear_error();
     const kp_program *p = m->prog;
-    kiln_status s = rt_check_tensors(p, p->inputs, p->n_inputs, inputs, n_in, "input");
+    kiln_status s = rt_check_tensors(p, p->inputs, p->n_inputs, inputs, n_in, "input", -1, 1, 1);
     if (s == KILN_OK)
-        s = rt_check_tensors(p, p->outputs, p->n_outputs, outputs, n_out, "output");
+        s = rt_check_tensors(p, p->outputs, p->n_outputs, outputs, n_out, "output", -1, 1, 1);
     if (s != KILN_OK)
         return s;
     if ((s = rt_init()) != KILN_OK)

@@ -64,9 +64,12 @@ struct kiln_model {
     bool              verified;    /* weight checksums checked */
 };
 
-/* Checks caller tensors against program values ids[0..n_ids). */
+/* Checks caller tensors against program values ids[0..n_ids): count, dtype, shape, data.
+ * With dim >= 0, the extent along dim must instead be the traced one / den * num (a
+ * data-parallel split of num rows where den were traced). KILN_ERR_SHAPE naming what differs. */
 KILN_INTERNAL kiln_status rt_check_tensors(const kp_program *p, const uint32_t *ids, uint32_t n_ids,
-                                           const kiln_tensor *t, size_t n, const char *what);
+                                           const kiln_tensor *t, size_t n, const char *what,
+                                           int dim, int64_t num, int64_t den);
 /* Runs every kernel of replica r (on its core's worker: the inputs are in their arena
  * slots, the outputs are left in theirs). */
 KILN_INTERNAL kiln_status rt_replica_run(const kp_program *p, rt_replica *r);
