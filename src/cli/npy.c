@@ -247,8 +247,8 @@ static kiln_status npy_dict(const char *text, size_t len, const char *what, npy_
                         !(seen & DESCR) ? "descr" : !(seen & FORTRAN) ? "fortran_order" : "shape");
 
     uint64_t n = 1;
-    for (int i = 0; i < h->ndim; i++)
-        if (__builtin_mul_overflow(n, (uint64_t)h->shape[i], &n))
+    for (int i = 0; i < h->ndim; i++) /* every partial product fits int64, as kiln__numel wants */
+        if (__builtin_mul_overflow(n, (uint64_t)h->shape[i], &n) || n > (uint64_t)INT64_MAX)
             return npy_fail(KILN_ERR_FORMAT, "%s: .npy shape is too large", what);
     h->numel = n;
     if (__builtin_mul_overflow(n, (uint64_t)h->type->size, &h->nbytes) || h->nbytes > SIZE_MAX / 2)
