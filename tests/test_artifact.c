@@ -826,6 +826,49 @@ static void test_inspect(void)
     kp_program_free(p);
 }
 
+/* The verified-file cache: an unchanged file that verified is not hashed again; a file
+ * written less than two seconds before is not remembered; a file changed in place after it
+ * was remembered is hashed again and its damage found. */
+static void test_verified_cache(void)
+{
+    kp_program *p = make_program(0, 0);
+    const char *path = test_path("cache.kiln");
+    CHECK_OK(ka_save(p, path));
+    ka_file *f = NULL;
+    kp_program *q = NULL;
+    unsigned long h0 = ka__test_cache_hits();
+    for (int i = 0; i < 2; i++) { /* fresh file: verified both times */
+        if (CHECK_OK(ka_open(path, &f, &q))) {
+            CHECK_OK(ka_verify_weights(f, q));
+            kp_program_free(q);
+            ka_close(f);
+        }
+    }
+    CHECK(ka__test_cache_hits() == h0);
+    sleep(2); /* let the file settle: its timestamps are now trusted */
+    for (int i = 0; i < 2; i++) {
+        if (CHECK_OK(ka_open(path, &f, &q))) {
+            CHECK_OK(ka_verify_weights(f, q));
+            kp_program_free(q);
+            ka_close(f);
+        }
+    }
+    CHECK(ka__test_cache_hits() == h0 + 1); /* the second was answered by the cache */
+    /* damage the last weight byte in place: ctime changes, so the damage is found */
+    FILE *fp = fopen(path, "r+b");
+    fseek(fp, -1, SEEK_END);
+    int c = fgetc(fp);
+    fseek(fp, -1, SEEK_END);
+    fputc(c ^ 0x10, fp);
+    fclose(fp);
+    if (CHECK_OK(ka_open(path, &f, &q))) {
+        CHECK_STATUS(ka_verify_weights(f, q), KILN_ERR_FORMAT);
+        kp_program_free(q);
+        ka_close(f);
+    }
+    kp_program_free(p);
+}
+
 int main(void)
 {
     /* Real fsyncs for the atomic-save test only: the rest writes hundreds of files. */
@@ -839,5 +882,6 @@ int main(void)
     test_atomic_save();
     test_alloc_failures_open();
     test_inspect();
+    test_verified_cache();
     return test_done("test_artifact");
 }

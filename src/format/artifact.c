@@ -86,7 +86,9 @@
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -113,7 +115,16 @@
 #define KA_OP_BYTES      32u
 #define KA_KNOWN_FLAGS   (KP_FLAG_LAZY | KP_FLAG_ASYNC)
 
+/* What identifies a file's contents without reading them (see the verified-file cache). */
+typedef struct ka_file_id {
+    dev_t           dev;
+    ino_t           ino;
+    off_t           size;
+    struct timespec mtim, ctim;
+} ka_file_id;
+
 struct ka_file {
+    ka_file_id     id;
     char          *path;
     const uint8_t *map;       /* the whole file, PROT_READ, MAP_PRIVATE */
     uint64_t       size;
@@ -301,8 +312,63 @@ kiln_status ka_check_weights(const ka_file *f, const kp_program *p, uint8_t *bad
     return check_weights(f, p, bad, n_bad, &first, section_ok);
 }
 
+/* ---- the verified-file cache ----
+ * A process that loads the same artifact again (a second model, a reload) need not hash its
+ * weights again: files whose weights verified are remembered by device, inode, size, mtime
+ * and ctime, and a later ka_verify_weights of the same unchanged file returns at once. Any
+ * write to the file changes its ctime (which user space cannot set back), so a changed file
+ * is always hashed again. Timestamps have a coarse clock (a few ms), so, as git does with
+ * its index, a file written less than a second before it was verified is not remembered:
+ * a write in the same clock tick could otherwise go unnoticed. */
+
+#define KA_CACHE_SLOTS 64
+static struct {
+    pthread_mutex_t mu;
+    ka_file_id      id[KA_CACHE_SLOTS];
+    int             n, next;
+} verified = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static bool same_id(const ka_file_id *a, const ka_file_id *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+           a->mtim.tv_sec == b->mtim.tv_sec && a->mtim.tv_nsec == b->mtim.tv_nsec &&
+           a->ctim.tv_sec == b->ctim.tv_sec && a->ctim.tv_nsec == b->ctim.tv_nsec;
+}
+
+static atomic_ulong cache_hits;
+
+unsigned long ka__test_cache_hits(void) { return atomic_load(&cache_hits); }
+
+static bool cache_has(const ka_file_id *id)
+{
+    bool hit = false;
+    pthread_mutex_lock(&verified.mu);
+    for (int i = 0; i < verified.n && !hit; i++)
+        hit = same_id(&verified.id[i], id);
+    pthread_mutex_unlock(&verified.mu);
+    if (hit)
+        atomic_fetch_add(&cache_hits, 1);
+    return hit;
+}
+
+static void cache_add(const ka_file_id *id)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (now.tv_sec - id->mtim.tv_sec < 2 || now.tv_sec - id->ctim.tv_sec < 2)
+        return; /* too fresh to trust its timestamps */
+    pthread_mutex_lock(&verified.mu);
+    verified.id[verified.next] = *id;
+    verified.next = (verified.next + 1) % KA_CACHE_SLOTS;
+    if (verified.n < KA_CACHE_SLOTS)
+        verified.n++;
+    pthread_mutex_unlock(&verified.mu);
+}
+
 kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
 {
+    if (cache_has(&f->id))
+        return KILN_OK;
     uint32_t n_bad = 0, first = 0;
     bool section_ok = false;
     kiln_status st = check_weights(f, p, NULL, &n_bad, &first, &section_ok);
@@ -323,6 +389,7 @@ kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
     if (!section_ok)
         return kiln__fail(KILN_ERR_FORMAT, "%s: weight section checksum mismatch (in the bytes between tensors)",
                           f->path);
+    cache_add(&f->id);
     return KILN_OK;
 }
 
@@ -884,6 +951,7 @@ kiln_status ka_open(const char *path, ka_file **file, kp_program **prog)
         goto fail;
     }
     f->size = (uint64_t)sb.st_size;
+    f->id = (ka_file_id){ sb.st_dev, sb.st_ino, sb.st_size, sb.st_mtim, sb.st_ctim };
     void *map = mmap(NULL, (size_t)f->size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;
     close(fd);

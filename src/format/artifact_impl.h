@@ -46,4 +46,7 @@ KILN_INTERNAL void ka__test_skip_fsync(bool skip);
  * land in the middle of the file. Stays set until changed. */
 KILN_INTERNAL void ka__test_io_fault(int err, size_t max_write);
 
+/* Test hook: how many ka_verify_weights calls the verified-file cache answered. */
+KILN_INTERNAL unsigned long ka__test_cache_hits(void);
+
 #endif

@@ -293,6 +293,7 @@ typedef struct rt_build {
     rt_replica *r;
     uint32_t    next;                     /* atomic: the next op to create */
     int         running;                  /* helper jobs not finished (under r->mu) */
+    int         n_helpers;
     rt_job      helpers[RT_MAX_HELPERS];
 } rt_build;
 
@@ -340,39 +341,60 @@ static void helper_job(rt_core *unused, rt_job *job)
     pthread_mutex_unlock(&r->mu); /* b may be gone after this */
 }
 
-/* Creates every kernel of r. Returns the first failure. */
-static kiln_status build_kernels(kiln_model *m, rt_replica *r)
+/* Starts helper jobs creating r's kernels on the loader pool. */
+static void build_start(rt_build *b, kiln_model *m, rt_replica *r)
 {
-    rt_build b = { .m = m, .r = r, .next = 0 };
+    *b = (rt_build){ .m = m, .r = r, .next = 0 };
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int nh = (int)(cpus > 1 ? cpus - 1 : 0);
     if (nh > RT_MAX_HELPERS)
         nh = RT_MAX_HELPERS;
     if ((uint32_t)nh >= m->prog->n_ops)
         nh = m->prog->n_ops > 0 ? (int)m->prog->n_ops - 1 : 0;
-    b.running = nh;
+    b->running = nh;
+    b->n_helpers = nh;
     for (int j = 0; j < nh; j++) {
-        b.helpers[j].fn = helper_job;
-        b.helpers[j].arg = &b;
-        rt_loader_submit(&b.helpers[j]);
+        b->helpers[j].fn = helper_job;
+        b->helpers[j].arg = b;
+        rt_loader_submit(&b->helpers[j]);
     }
-    create_loop(&b);
+}
+
+/* Joins the creation (this thread takes ops too unless the build already failed), waits for
+ * the helpers, and returns the first failure. */
+static kiln_status build_finish(rt_build *b)
+{
+    rt_replica *r = b->r;
+    create_loop(b);
     /* helpers that have not started are not needed any more (this thread did their share;
      * waiting for them could deadlock when every loader thread is such a placing thread) */
-    for (int j = 0; j < nh; j++)
-        if (rt_loader_cancel(&b.helpers[j])) {
+    for (int j = 0; j < b->n_helpers; j++)
+        if (rt_loader_cancel(&b->helpers[j])) {
             pthread_mutex_lock(&r->mu);
-            b.running--;
+            b->running--;
             pthread_mutex_unlock(&r->mu);
         }
     pthread_mutex_lock(&r->mu);
-    while (b.running > 0)
+    while (b->running > 0)
         pthread_cond_wait(&r->cv, &r->mu);
     kiln_status s = r->failed ? r->error : KILN_OK;
     if (s != KILN_OK)
         kiln__fail(s, "%s", r->error_msg);
     pthread_mutex_unlock(&r->mu);
     return s;
+}
+
+/* Stops a build (helpers finish the op they are on): r->failed with cause s. */
+static void build_abort(rt_replica *r, kiln_status s, const char *msg)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->failed) {
+        r->error = s;
+        snprintf(r->error_msg, sizeof r->error_msg, "%.500s", msg);
+        __atomic_store_n(&r->failed, true, __ATOMIC_RELEASE);
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* The kernel of op i of a replica that may still be being built: waits for it. NULL if the
@@ -466,20 +488,31 @@ static kiln_status place_on(kiln_model *m, int core, place_arg *a)
     rt_core *c = rt_core_get(core);
     if (c->kk_status != KILN_OK)
         return kiln__fail(c->kk_status, "%s", c->kk_error);
-    kiln_status s = verify_once(m);
-    if (s != KILN_OK)
-        return s;
     a->t_place = kiln__now();
     rt_replica *r = NULL;
-    if ((s = replica_new(m->prog, core, &r)) != KILN_OK)
+    kiln_status s = replica_new(m->prog, core, &r);
+    if (s != KILN_OK)
         return s;
+    /* Kernels are made (by helpers) while this thread checks the weights; nothing made from
+     * unchecked weights is used before the check passes, since only then is r published. */
+    rt_build b;
+    a->t_kernels = kiln__now();
+    build_start(&b, m, r);
+    s = verify_once(m);
+    if (s != KILN_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", kiln_last_error());
+        build_abort(r, s, msg);
+        build_finish(&b);
+        replica_free(r, m->prog->n_ops);
+        return kiln__fail(s, "%s", msg);
+    }
     /* From here a forward may use the replica while its kernels are made (streaming). */
     pthread_mutex_lock(&m->mu);
     m->replicas[core] = r;
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
-    a->t_kernels = kiln__now();
-    s = build_kernels(m, r);
+    s = build_finish(&b);
     if (s == KILN_OK) /* the core's scratchpad grown now, so no forward allocates */
         s = rt_run(c, reserve_job, NULL);
     a->t_ready = kiln__now();
