@@ -139,6 +139,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static cpu_set_t process_cpus; /* the CPUs this process may run on, read at init */
+
 static void init_once(void)
 {
     cpu_set_t allowed, visible;
@@ -147,6 +149,7 @@ static void init_once(void)
         CPU_ZERO(&allowed);
         CPU_SET(0, &allowed);
     }
+    process_cpus = allowed;
     const char *env = getenv("KILN_VISIBLE_CORES");
     if (env && *env) {
         kiln_status s = parse_cpu_list(env, &visible);
@@ -283,8 +286,31 @@ static struct {
     rt_queue       q;
 } loader = { .once = PTHREAD_ONCE_INIT };
 
+static _Thread_local bool on_loader;
+
+bool rt_off_core_begin(int core, void *saved)
+{
+    if (!on_loader)
+        return false; /* never re-pin a caller's thread */
+    cpu_set_t set = process_cpus;
+    const rt_core *c = &rt.cores[core];
+    for (int i = 0; i < c->n_cpus; i++)
+        CPU_CLR(c->cpus[i], &set);
+    if (CPU_COUNT(&set) == 0)
+        return false;
+    if (pthread_getaffinity_np(pthread_self(), sizeof(cpu_set_t), saved) != 0)
+        return false;
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0;
+}
+
+void rt_off_core_end(const void *saved)
+{
+    pthread_setaffinity_np(pthread_self(), sizeof(cpu_set_t), saved);
+}
+
 static void *loader_main(void *arg)
 {
+    on_loader = true;
     char name[16];
     snprintf(name, sizeof name, "kiln-loader-%d", (int)(intptr_t)arg);
     pthread_setname_np(pthread_self(), name);

@@ -14,10 +14,12 @@
  * one placement and waits for it; lazy leaves the model UNLOADED until the first forward
  * (or data-parallel) triggers it; async triggers it and returns.
  */
+#define _GNU_SOURCE
 #include "runtime/model.h"
 
 #include "compiler/trace.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -303,6 +305,8 @@ static void create_loop(rt_build *b)
     rt_replica *r = b->r;
     rt_core *core = rt_core_get(r->core);
     int prev = kk_thread_prepare(core->kk);
+    cpu_set_t saved;
+    bool moved = rt_off_core_begin(r->core, &saved);
     uint64_t copied = 0;
     for (;;) {
         uint32_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
@@ -324,6 +328,8 @@ static void create_loop(rt_build *b)
         if (s != KILN_OK)
             break;
     }
+    if (moved)
+        rt_off_core_end(&saved);
     kk_thread_restore(prev);
     pthread_mutex_lock(&r->mu);
     r->copied += copied;

@@ -68,6 +68,12 @@ KILN_INTERNAL kiln_status rt_run(rt_core *core, void (*fn)(rt_core *, rt_job *),
 KILN_INTERNAL void        rt_loader_submit(rt_job *job);
 /* Takes job out of the loader queue if it has not started; true if it was removed. */
 KILN_INTERNAL bool        rt_loader_cancel(rt_job *job);
+/* On a loader thread, keeps it off `core`'s CPUs (where a forward may be streaming through
+ * the kernels it creates) if the process has other CPUs: saves the old mask in *saved (a
+ * cpu_set_t) and returns true; rt_off_core_end puts it back. A caller's thread is left
+ * alone (false). */
+KILN_INTERNAL bool        rt_off_core_begin(int core, void *saved);
+KILN_INTERNAL void        rt_off_core_end(const void *saved);
 /* Picks the least-used core (fewest replicas, lowest index on ties) among those allowed
  * (NULL: all) and counts a replica on it. Returns its index. */
 KILN_INTERNAL int         rt_reserve_default_core(const bool *excluded);
