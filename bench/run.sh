@@ -13,7 +13,10 @@
 # the script is there and works.
 # For each model and each side (kiln, ONNX Runtime, PyTorch TorchScript):
 #   --fresh (5)  fresh processes, warm page cache: first load, time to first inference,
-#                peak RSS (one thread, CPU 0)
+#                peak RSS (one thread, CPU 0); for kiln also load-only processes on one
+#                and on two CPUs, each with a twin that reads every page of the weights
+#                instead of hashing them (kiln_bench --no-verify): what verifying the
+#                checksums adds to a load
 #   --cold (3)   fresh processes after dropping the page cache (drop_caches when root may,
 #                else posix_fadvise on the model file; residency checked with mincore)
 #   --rounds (3) warm processes at 1 thread and at 2 threads: --loads (10) loads, warm
@@ -221,6 +224,17 @@ for name in "${ONLY[@]}"; do
             cat "$(model_file $side "$name")" >/dev/null
             mapfile -t cmd < <(side_cmd $side "$name" 1 first)
             measure "${side}_first" "$name" ', "cache": "warm"' "${cmd[@]}" || true
+        done
+        # What verifying adds: fresh loads that hash the weights against twins that only
+        # read every page of them (kiln_bench --no-verify), on one CPU and on two.
+        for t in "${THREADS[@]}"; do
+            for v in 1 0; do
+                flag=()
+                [ $v = 1 ] || flag=(--no-verify)
+                cat "$MODELS/$name.kiln" >/dev/null
+                measure kiln_verify "$name" ", \"cpus\": $t, \"verify\": $v" \
+                    env $(kiln_env "$t") $(pin "$t") "$BENCH" "$MODELS/$name.kiln" --load-only "${flag[@]}" || true
+            done
         done
     done
     [ "$COLD" -gt 0 ] && say "$name: $COLD fresh processes per side, cold page cache ($COLD_METHOD)"

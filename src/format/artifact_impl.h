@@ -46,6 +46,11 @@ KILN_INTERNAL void ka__test_skip_fsync(bool skip);
  * land in the middle of the file. Stays set until changed. */
 KILN_INTERNAL void ka__test_io_fault(int err, size_t max_write);
 
+/* Benchmark hook (bench/bench_kiln.c --no-verify): ka_verify_weights reads one byte of
+ * every page of the weights instead of hashing them, so that a benchmark can measure what
+ * the hashing itself adds to a load (the weights are in memory at ready either way). */
+KILN_INTERNAL void ka__bench_skip_verify(bool skip);
+
 /* Test hook: how many ka_verify_weights calls the verified-file cache answered. */
 KILN_INTERNAL unsigned long ka__test_cache_hits(void);
 
