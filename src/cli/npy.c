@@ -338,7 +338,7 @@ kiln_status npy_read_mem(const void *buf, size_t len, kiln_tensor *t)
 {
     const char *what = "<memory>";
     const unsigned char *p = buf;
-    size_t hstart, hlen;
+    size_t hstart = 0, hlen = 0;
     npy_header h = {0};
     kiln_status s;
 
@@ -367,7 +367,7 @@ kiln_status npy_read(const char *path, kiln_tensor *t)
     unsigned char pre[12];
     char *text = NULL;
     void *raw = NULL;
-    size_t hstart, hlen;
+    size_t hstart = 0, hlen = 0;
     npy_header h = {0};
     struct stat st;
 
