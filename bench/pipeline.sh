@@ -25,7 +25,10 @@
 #                    InferenceSession.create, then Promise.all of the forwards)
 #      ORT workers      bench/ort_pipeline.js --mode workers (one worker_thread per session)
 #    Both sides report "ready and run once" (first load to the last first output, forwards
-#    on zero inputs) and "ready" (every model loaded / every session created);
+#    on zero inputs) and "ready" (every model loaded / every session created). kiln's
+#    "ready" comes from a second process per variant that runs nothing (load-bench
+#    --no-run): an async load-bench starts its forwards at once, and they would share the
+#    CPUs with the loads;
 # 5. prints the table (medians) and, unless --no-docs, writes it with the SVG timeline of a
 #    kiln async run (docs/pipeline-timeline.svg) into docs/BENCHMARKS.md between
 #    <!-- pipeline:begin --> and <!-- pipeline:end -->. Raw results: DIR/pipeline-results.jsonl.
@@ -93,22 +96,23 @@ OUT=$BUILD/pipeline-results.jsonl
 : >"$OUT"
 LOG=$BUILD/pipeline-loadbench.log
 : >"$LOG"
-# kiln_run KIND ARTIFACT...: one load-bench process; its "all ready and run once" and the
-# max of its "ready" column as a JSON line.
+# kiln_run KIND [--no-run] ARTIFACT...: one load-bench process as a JSON line: with
+# --no-run, "ready_ms" (every model loaded, nothing run: load-to-ready alone); else
+# "ready_and_run_ms" (its "all ready and run once") and the cores the models went to.
 kiln_run() {
-    local kind=$1 mode=eager text
+    local kind=$1 mode=eager text norun=()
     shift
+    [ "$1" = --no-run ] && { norun=(--no-run); shift; }
     case $kind in kiln_async*) mode=async ;; esac
-    text=$("$KILN" load-bench "$@" --mode "$mode") || { echo "pipeline.sh: kiln load-bench failed" >&2; return 1; }
+    text=$("$KILN" load-bench "$@" --mode "$mode" "${norun[@]}") || { echo "pipeline.sh: kiln load-bench failed" >&2; return 1; }
     printf '%s\n' "$text" >>"$LOG"
     printf '%s\n' "$text" | KIND=$kind "$PY" -c '
 import json, os, re, sys
 text = sys.stdin.read()
-total = float(re.search(r"all ready and run once: ([0-9.]+) ms", text).group(1))
-ready = [float(m.group(1)) for m in re.finditer(r"^\S+\s+-?\d+\s+[0-9.]+ ms\s+\S+\s+\S+\s+\S+\s+([0-9.]+) ms", text, re.M)]
+total = re.search(r"all ready( and run once)?: ([0-9.]+) ms", text)
 cores = [int(m.group(1)) for m in re.finditer(r"^\S+\s+(-?\d+)\s+[0-9.]+ ms", text, re.M)]
-print(json.dumps({"kind": os.environ["KIND"], "ready_and_run_ms": total, "ready_ms": max(ready),
-                  "per_model_ready_ms": ready, "cores": cores}))' >>"$OUT"
+key = "ready_and_run_ms" if total.group(1) else "ready_ms"
+print(json.dumps({"kind": os.environ["KIND"], key: float(total.group(2)), "cores": cores}))' >>"$OUT"
 }
 ort_run() {
     local mode=$1 line
@@ -122,8 +126,11 @@ for r in $(seq "$RUNS"); do
     kiln_run kiln_eager "${ARTS[@]}"
     kiln_run kiln_async "${ARTS[@]}"
     ort_run seq
+    kiln_run kiln_eager --no-run "${ARTS[@]}"
+    kiln_run kiln_async --no-run "${ARTS[@]}"
     ort_run concurrent
     kiln_run kiln_async_heavy_first "${ARTS_HEAVY[@]}"
+    kiln_run kiln_async_heavy_first --no-run "${ARTS_HEAVY[@]}"
     ort_run workers
 done
 
@@ -148,7 +155,8 @@ runs = int(sys.argv[2])
 docs = sys.argv[3] if len(sys.argv) > 3 else None
 
 def med(kind, key):
-    xs = [(r["data"] if "data" in r else r)[key] for r in rows if r["kind"] == kind]
+    xs = [(r["data"] if "data" in r else r).get(key) for r in rows if r["kind"] == kind]
+    xs = [x for x in xs if x is not None]
     return (statistics.median(xs), min(xs), max(xs), len(xs)) if xs else None
 
 def cell(v):
@@ -165,8 +173,8 @@ kinds = [("kiln_eager", "kiln eager, one after another"),
          ("ort_workers", "ONNX Runtime, one worker thread per session")]
 run = {k: med(k, "ready_and_run_ms") for k, _ in kinds}
 ready = {k: med(k, "ready_ms") for k, _ in kinds}
-cores = next((r["cores"] for r in rows if r["kind"] == "kiln_async"), [])
-heavy_cores = next((r["cores"] for r in rows if r["kind"] == "kiln_async_heavy_first"), [])
+cores = next((r["cores"] for r in rows if r["kind"] == "kiln_async" and "ready_and_run_ms" in r), [])
+heavy_cores = next((r["cores"] for r in rows if r["kind"] == "kiln_async_heavy_first" and "ready_and_run_ms" in r), [])
 ortv = next((r["data"].get("ort_version") for r in rows if r["kind"].startswith("ort")), None)
 
 def fmt_ratio(x, target, better_low):

@@ -24,7 +24,7 @@ static const char usage_main[] =
     "        load an artifact, run it on .npy inputs, write DIR/<output>.npy\n"
     "  inspect OUT.kiln\n"
     "        print an artifact's flags, inputs, outputs, ops, sizes and checksums\n"
-    "  load-bench A.kiln [B.kiln ...] [--mode MODE] [--repeat N] [--svg FILE]\n"
+    "  load-bench A.kiln [B.kiln ...] [--mode MODE] [--no-run] [--repeat N] [--svg FILE]\n"
     "        load several artifacts eagerly, lazily or asynchronously; show a timeline\n"
     "\n"
     "  kiln help [COMMAND] | kiln COMMAND --help | kiln --version\n"
@@ -64,7 +64,7 @@ static const char usage_run[] =
     "  --repeat N                 run the forward N times; print min and median\n";
 
 static const char usage_load_bench[] =
-    "usage: kiln load-bench A.kiln [B.kiln ...] [--mode MODE] [--repeat N] [--svg FILE]\n"
+    "usage: kiln load-bench A.kiln [B.kiln ...] [--mode MODE] [--no-run] [--repeat N] [--svg FILE]\n"
     "\n"
     "Loads the artifacts as a server starting a pipeline would, runs each once on zero\n"
     "inputs, and prints when each phase of each load happened (read, verify, place,\n"
@@ -73,6 +73,7 @@ static const char usage_load_bench[] =
     "  --mode MODE   as-saved (default: each artifact's flags), eager (one after another),\n"
     "                async (all in the background at once), lazy (each placed by its first\n"
     "                forward, in turn), lazy-async (placed by first forwards run together)\n"
+    "  --no-run      (eager and async) run nothing: time until every model is loaded\n"
     "  --repeat N    repeat the whole round N times; print the median\n"
     "  --svg FILE    draw the last round's timeline as an SVG picture\n";
 
