@@ -3,12 +3,15 @@
  * lazy+async placement counts; async kiln_load returning while its placement is held
  * (observed through state, not timing); forward and wait blocking until it ends; a failed
  * background load surfacing at wait and forward with its cause; free during a load; eight
- * threads forwarding a loading model with exactly one placement; default-core spreading.
+ * threads forwarding a loading model with exactly one placement; default-core spreading;
+ * streaming: a forward running each op as soon as its kernel exists and its weights passed
+ * their checksums, and a damaged late layer failing that forward with nothing output.
  * Placements are held at their start with the runtime's test gate. Run under TSan in CI.
  */
 #include "testutil.h"
 
 #include "cli/npy.h"
+#include "format/artifact_impl.h"
 #include "runtime/model.h"
 
 #include <math.h>
@@ -126,12 +129,14 @@ typedef struct stream_arg {
     kiln_tensor *in, *out;
     kiln_status  s;
     atomic_int   done;
+    char         error[600];   /* kiln_last_error() of the forward's thread */
 } stream_arg;
 
 static void *streaming_forward(void *arg)
 {
     stream_arg *a = arg;
     a->s = kiln_forward(a->m, a->in, 1, a->out, 1);
+    snprintf(a->error, sizeof a->error, "%s", a->s == KILN_OK ? "" : kiln_last_error());
     atomic_store(&a->done, 1);
     return NULL;
 }
@@ -304,7 +309,7 @@ static void test_streaming(const char *dir)
         size_t bytes = (size_t)kiln__numel(cref.ndim, cref.shape) * 4;
         kiln_tensor out = cref;
         out.data = malloc(bytes);
-        stream_arg a = { m, &cx, &out, KILN_ERR_INTERNAL, 0 };
+        stream_arg a = { m, &cx, &out, KILN_ERR_INTERNAL, 0, "" };
         pthread_t t;
         pthread_create(&t, NULL, streaming_forward, &a);
         uint64_t ran = 0;
@@ -337,6 +342,134 @@ static void test_streaming(const char *dir)
     rt_test_hold_ops_from(-1);
     free(cx.data);
     free(cref.data);
+}
+
+/* The number of ops of m's replica on any core that ran so far (0 if none is placed). */
+static uint64_t ops_ran(kiln_model *m)
+{
+    uint64_t ran = 0;
+    pthread_mutex_lock(&m->mu);
+    for (int c = 0; c < m->n_cores; c++)
+        if (m->replicas[c])
+            ran = __atomic_load_n(&m->replicas[c]->ran, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&m->mu);
+    return ran;
+}
+
+/* Waits (up to 10 s) until `want` ops ran, then a little longer: returns how many ran. */
+static uint64_t wait_ran(kiln_model *m, uint64_t want)
+{
+    for (int i = 0; i < 10000 && ops_ran(m) < want; i++)
+        usleep(1000);
+    usleep(20 * 1000);
+    return ops_ran(m);
+}
+
+/* Flips one byte in the middle of the weights of op `op` of the artifact at path. */
+static void damage_op_weights(const char *path, uint32_t op)
+{
+    ka_file *f = NULL;
+    kp_program *p = NULL;
+    if (!CHECK_OK(ka_open(path, &f, &p)))
+        return;
+    uint64_t at = 0;
+    for (uint32_t i = 0; i < ka_file_num_sections(f); i++)
+        if (ka_file_section(f, i)->type == KA_SEC_WEIGHTS)
+            at = ka_file_section(f, i)->offset;
+    const int32_t *in = kp_op_in(p, &p->ops[op]);
+    int32_t w = -1;
+    for (uint32_t j = 0; j < p->ops[op].n_in && w < 0; j++)
+        if (in[j] >= 0 && p->values[in[j]].kind == KP_VAL_CONST)
+            w = in[j];
+    CHECK(w >= 0 && at > 0);
+    if (w >= 0)
+        at += p->values[w].offset + p->values[w].nbytes / 2;
+    kp_program_free(p);
+    ka_close(f);
+    FILE *fp = fopen(path, "r+b");
+    fseek(fp, (long)at, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, (long)at, SEEK_SET);
+    fputc(c ^ 0x5a, fp);
+    fclose(fp);
+}
+
+/* Streaming checks: on the 8-layer model (each layer one op with weights of its own), weight
+ * checks are held before layer 5: a forward must run layers 0-4 and wait, the model still
+ * LOADING, then finish correctly once released. With layer 6's weights damaged, a forward
+ * runs layers 0-5 and then fails with the checksum error; its output is left untouched. */
+static void test_streaming_verify(const char *dir)
+{
+    char p[1024];
+    kiln_tensor lx, lref;
+    snprintf(p, sizeof p, "%s/layers.in.npy", dir);
+    CHECK(npy_read(p, &lx) == KILN_OK);
+    snprintf(p, sizeof p, "%s/layers.out.npy", dir);
+    CHECK(npy_read(p, &lref) == KILN_OK);
+    snprintf(p, sizeof p, "%s/layers.onnx", dir);
+    kiln_tensor spec = lx;
+    spec.data = NULL;
+    kiln_model *m = NULL;
+    if (!CHECK_OK(kiln_trace(p, &spec, 1, &m)))
+        return;
+    CHECK(m->prog->n_ops == 8); /* MatMul + bias + Relu fused per layer */
+    kiln_async_load(m, 1);
+    const char *good = test_path("layers_async.kiln"), *bad = test_path("layers_bad.kiln");
+    char *good_path = strdup(good);
+    CHECK_OK(kiln_save(m, good_path));
+    CHECK_OK(kiln_save(m, bad));
+    kiln_model_free(m);
+    damage_op_weights(bad, 6);
+
+    size_t bytes = (size_t)kiln__numel(lref.ndim, lref.shape) * 4;
+    kiln_tensor out = lref;
+    out.data = malloc(bytes);
+    rt_test_hold_verify_from(5);
+    if (CHECK_OK(kiln_load(good_path, &m))) {
+        stream_arg a = { m, &lx, &out, KILN_ERR_INTERNAL, 0, "" };
+        pthread_t t;
+        pthread_create(&t, NULL, streaming_forward, &a);
+        CHECK(wait_ran(m, 5) == 5); /* layers 0-4 ran before layer 5's weights were checked */
+        CHECK(!atomic_load(&a.done));
+        CHECK(kiln_model_state(m) == KILN_LOADING);
+        rt_test_hold_verify_from(-1);
+        pthread_join(t, NULL);
+        CHECK_OK(a.s);
+        double md = 0, mr = 0;
+        for (size_t i = 0; i < bytes / 4; i++) {
+            md = fmax(md, fabs(((float *)out.data)[i] - ((float *)lref.data)[i]));
+            mr = fmax(mr, fabs(((float *)lref.data)[i]));
+        }
+        CHECK(md <= 1e-4 * mr);
+        CHECK(kiln_model_state(m) == KILN_LOADED && kiln_model_placements(m, -1) == 1);
+        kiln_model_free(m);
+    }
+
+    rt_test_hold_verify_from(6);
+    if (CHECK_OK(kiln_load(bad, &m))) { /* async: the damage shows at placement */
+        memset(out.data, 0x7f, bytes);
+        stream_arg a = { m, &lx, &out, KILN_ERR_INTERNAL, 0, "" };
+        pthread_t t;
+        pthread_create(&t, NULL, streaming_forward, &a);
+        CHECK(wait_ran(m, 6) == 6);
+        CHECK(!atomic_load(&a.done));
+        rt_test_hold_verify_from(-1);
+        pthread_join(t, NULL);
+        CHECK(a.s == KILN_ERR_LOAD);
+        CHECK(strstr(a.error, "checksum mismatch") != NULL && strstr(a.error, "layers_bad.kiln"));
+        bool untouched = true;
+        for (size_t i = 0; i < bytes; i++)
+            untouched = untouched && ((unsigned char *)out.data)[i] == 0x7f;
+        CHECK(untouched);
+        CHECK(kiln_model_state(m) == KILN_FAILED && kiln_model_placements(m, -1) == 0);
+        CHECK(kiln_wait(m) == KILN_ERR_LOAD);
+        kiln_model_free(m);
+    }
+    rt_test_hold_verify_from(-1);
+    free(good_path);
+    free(out.data);
+    free(lx.data);
+    free(lref.data);
 }
 
 static void test_spread_and_concurrent(void)
@@ -380,6 +513,7 @@ int main(void)
     test_free_during_load();
     test_many_forwards();
     test_streaming(dir);
+    test_streaming_verify(dir);
     test_spread_and_concurrent();
     free(x.data);
     free(ref.data);

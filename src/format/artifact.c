@@ -378,9 +378,26 @@ static void touch_pages(const uint8_t *b, uint64_t n)
     (void)sink;
 }
 
+/* "tensor 'name'" or, for a constant the compiler made (e.g. a BatchNorm folded into conv
+ * weights), "unnamed tensor #id". */
+static void tensor_name(const kp_program *p, uint32_t id, char *name, size_t n)
+{
+    const char *nm = kp_str(p, p->values[id].name);
+    if (*nm)
+        snprintf(name, n, "tensor '%.80s'", nm);
+    else
+        snprintf(name, n, "unnamed tensor #%u", id);
+}
+
+static kiln_status section_mismatch(const ka_file *f)
+{
+    return kiln__fail(KILN_ERR_FORMAT, "%s: weight section checksum mismatch (in the bytes between tensors)",
+                      f->path);
+}
+
 kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
 {
-    if (cache_has(&f->id))
+    if (ka_verify_cached(f))
         return KILN_OK;
     if (atomic_load(&skip_verify)) {
         if (f->weights)
@@ -393,20 +410,52 @@ kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
     if (st != KILN_OK)
         return st;
     char name[96];
-    if (n_bad) {
-        const char *nm = kp_str(p, p->values[first].name);
-        if (*nm)
-            snprintf(name, sizeof name, "tensor '%.80s'", nm);
-        else /* a constant the compiler made (e.g. a BatchNorm folded into conv weights) */
-            snprintf(name, sizeof name, "unnamed tensor #%u", first);
-    }
+    if (n_bad)
+        tensor_name(p, first, name, sizeof name);
     if (n_bad == 1)
         return kiln__fail(KILN_ERR_FORMAT, "%s: %s checksum mismatch", f->path, name);
     if (n_bad > 1)
         return kiln__fail(KILN_ERR_FORMAT, "%s: %s checksum mismatch (and %u more)", f->path, name, n_bad - 1);
     if (!section_ok)
-        return kiln__fail(KILN_ERR_FORMAT, "%s: weight section checksum mismatch (in the bytes between tensors)",
-                          f->path);
+        return section_mismatch(f);
+    cache_add(&f->id);
+    return KILN_OK;
+}
+
+bool ka_verify_cached(const ka_file *f) { return cache_has(&f->id); }
+
+kiln_status ka_verify_value(const ka_file *f, const kp_program *p, uint32_t id)
+{
+    if (!f || !p || id >= p->n_values || p->values[id].kind != KP_VAL_CONST)
+        return kiln__fail(KILN_ERR_ARG, "ka_verify_value: no file, or value %u is not a weight", id);
+    const kp_value *v = &p->values[id];
+    if (atomic_load(&skip_verify)) {
+        touch_pages(p->weights + v->offset, v->nbytes);
+        return KILN_OK;
+    }
+    if (hash_bytes(p->weights + v->offset, v->nbytes) == v->hash)
+        return KILN_OK;
+    char name[96];
+    tensor_name(p, id, name, sizeof name);
+    return kiln__fail(KILN_ERR_FORMAT, "%s: %s checksum mismatch", f->path, name);
+}
+
+kiln_status ka_verify_finish(const ka_file *f, const kp_program *p)
+{
+    if (!f || !p || !f->weights || p->weights != f->map + f->weights->offset ||
+        p->weight_bytes != f->weights->size)
+        return kiln__fail(KILN_ERR_ARG, "ka_verify_finish: the program's weights are not this file's");
+    if (atomic_load(&skip_verify))
+        return KILN_OK;
+    span *s;
+    uint32_t n;
+    kiln_status st = const_spans(p, &s, &n);
+    if (st != KILN_OK)
+        return st;
+    bool ok = weights_digest(p, s, n, p->weights) == f->weights->checksum;
+    kiln__free(s);
+    if (!ok)
+        return section_mismatch(f);
     cache_add(&f->id);
     return KILN_OK;
 }

@@ -26,6 +26,16 @@ KILN_INTERNAL kiln_status ka_open(const char *path, ka_file **file, kp_program *
  * KILN_ERR_FORMAT naming the file and tensor on mismatch. */
 KILN_INTERNAL kiln_status ka_verify_weights(const ka_file *file, const kp_program *prog);
 
+/* The same in steps, for a placement that lets a forward run each op as soon as that op's
+ * weights have passed: ka_verify_cached says whether this unchanged file's weights were
+ * verified before in this process (nothing to do then); ka_verify_value checks one CONST
+ * value's bytes (KILN_ERR_FORMAT naming file and tensor); once every CONST value passed,
+ * ka_verify_finish checks the weight section's own checksum (the bytes between tensors)
+ * and remembers the file as verified. */
+KILN_INTERNAL bool        ka_verify_cached(const ka_file *file);
+KILN_INTERNAL kiln_status ka_verify_value(const ka_file *file, const kp_program *prog, uint32_t value);
+KILN_INTERNAL kiln_status ka_verify_finish(const ka_file *file, const kp_program *prog);
+
 KILN_INTERNAL uint64_t    ka_file_size(const ka_file *file);
 KILN_INTERNAL const char *ka_file_path(const ka_file *file);
 /* Unmaps and closes. Programs from this file must be freed first (their weights point here). */

@@ -8,9 +8,11 @@
  *                              |
  *                              +--placement failed--> FAILED (error kept, nothing placed)
  *
- * A placement is one job on the target core's worker: verify the weights' checksums (once
- * per model, if not done at load), give every value its address (arena for activations,
- * the mapped weight section for constants), create every kernel. Eager kiln_load triggers
+ * A placement gives every value its address (arena for activations, the mapped weight
+ * section for constants), creates every kernel (on the loader pool, in parallel) while the
+ * placing thread checks the weights' checksums (once per model) op by op, and publishes the
+ * replica at once: a forward may stream through it, running each op as soon as its kernel
+ * exists and its weights passed. Eager kiln_load triggers
  * one placement and waits for it; lazy leaves the model UNLOADED until the first forward
  * (or data-parallel) triggers it; async triggers it and returns.
  */
@@ -235,23 +237,63 @@ static void replica_free(rt_replica *r, uint32_t n_ops)
     kiln__free(r);
 }
 
-/* Verifies the weights once per model (whichever placement comes first). */
-static kiln_status verify_once(kiln_model *m)
+static void hold_verify(uint32_t i);
+
+/* Raises r->verified to n (never lowers it) and wakes forwards waiting for it. */
+static void verified_raise(rt_replica *r, uint32_t n)
 {
+    pthread_mutex_lock(&r->mu);
+    if (n > r->verified) {
+        __atomic_store_n(&r->verified, n, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Checks the weights' checksums once per model (whichever placement comes first), op by op
+ * in program order, raising r->verified as it goes so that a forward streaming through r
+ * runs op i as soon as op i's weights passed; then the constants no op reads and the
+ * section's own checksum. A placement that finds the model verified raises r at once. */
+static kiln_status verify_stream(kiln_model *m, rt_replica *r)
+{
+    const kp_program *p = m->prog;
     kiln_status s = KILN_OK;
     pthread_mutex_lock(&m->verify_mu);
-    if (!m->verified) {
+    if (!m->verified && !ka_verify_cached(m->file)) {
         double t0 = kiln__now();
-        s = ka_verify_weights(m->file, m->prog);
+        uint8_t *done = kiln__calloc(p->n_values ? p->n_values : 1, 1);
+        if (!done)
+            s = kiln__fail(KILN_ERR_NOMEM, "out of memory checking the weights");
+        for (uint32_t i = 0; s == KILN_OK && i < p->n_ops; i++) {
+            const kp_op *op = &p->ops[i];
+            const int32_t *in = kp_op_in(p, op);
+            for (uint32_t j = 0; s == KILN_OK && j < op->n_in; j++) {
+                int32_t v = in[j];
+                if (v < 0 || p->values[v].kind != KP_VAL_CONST || done[v])
+                    continue;
+                verified_raise(r, i); /* ops before i read nothing unchecked */
+                hold_verify(i);
+                s = ka_verify_value(m->file, p, (uint32_t)v);
+                done[v] = 1;
+            }
+        }
+        for (uint32_t v = 0; s == KILN_OK && v < p->n_values; v++)
+            if (p->values[v].kind == KP_VAL_CONST && !done[v])
+                s = ka_verify_value(m->file, p, v);
+        if (s == KILN_OK)
+            s = ka_verify_finish(m->file, p);
+        kiln__free(done);
         double t1 = kiln__now();
         pthread_mutex_lock(&m->mu);
         m->report.verify_ms += (t1 - t0) * 1e3;
         m->report.t_verify_start = t0 * 1e3;
         m->report.t_verify_end = t1 * 1e3;
         pthread_mutex_unlock(&m->mu);
-        m->verified = s == KILN_OK;
     }
+    m->verified = s == KILN_OK;
     pthread_mutex_unlock(&m->verify_mu);
+    if (s == KILN_OK)
+        verified_raise(r, p->n_ops + 1);
     return s;
 }
 
@@ -403,20 +445,28 @@ static void build_abort(rt_replica *r, kiln_status s, const char *msg)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* The kernel of op i of a replica that may still be being built: waits for it. NULL if the
- * build failed (the cause is made this thread's error). */
-static kk_kernel *replica_kernel(rt_replica *r, uint32_t i)
+/* Whether op i of r can run: its kernel exists and its weights passed their checksums
+ * (i == n_ops: every checksum of the file passed, so outputs may leave). */
+static bool op_ready(rt_replica *r, uint32_t i, uint32_t n_ops)
 {
-    kk_kernel *k = __atomic_load_n(&r->kernels[i], __ATOMIC_ACQUIRE);
-    if (k)
-        return k;
+    return (i >= n_ops || __atomic_load_n(&r->kernels[i], __ATOMIC_ACQUIRE)) &&
+           __atomic_load_n(&r->verified, __ATOMIC_ACQUIRE) > i;
+}
+
+/* Waits until op i of a replica that may still be being placed can run. false if the
+ * placement failed (the cause is made this thread's error). */
+static bool replica_wait(rt_replica *r, uint32_t i, uint32_t n_ops)
+{
+    if (op_ready(r, i, n_ops))
+        return true;
     pthread_mutex_lock(&r->mu);
-    while (!(k = __atomic_load_n(&r->kernels[i], __ATOMIC_ACQUIRE)) && !r->failed)
+    while (!op_ready(r, i, n_ops) && !r->failed)
         pthread_cond_wait(&r->cv, &r->mu);
-    if (!k)
+    bool ok = !r->failed;
+    if (!ok)
         kiln__fail(KILN_ERR_LOAD, "the model's placement failed: %s", r->error_msg);
     pthread_mutex_unlock(&r->mu);
-    return k;
+    return ok;
 }
 
 static void reserve_job(rt_core *core, rt_job *job)
@@ -438,7 +488,8 @@ static struct {
     bool            closed;
     int             waiting;
     long            hold_from;   /* -1: no hold (see rt_test_hold_ops_from) */
-} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, -1 };
+    long            hold_verify; /* -1: no hold (see rt_test_hold_verify_from) */
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, -1, -1 };
 
 void rt_test_gate(bool closed)
 {
@@ -464,16 +515,28 @@ void rt_test_hold_ops_from(long first)
     pthread_mutex_unlock(&gate.mu);
 }
 
-/* Test hook: kernel creation stops before op `hold_from` until released. */
-static void hold_op(uint32_t i)
+void rt_test_hold_verify_from(long first)
 {
-    if (__atomic_load_n(&gate.hold_from, __ATOMIC_RELAXED) < 0)
+    pthread_mutex_lock(&gate.mu);
+    gate.hold_verify = first;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+}
+
+/* Test hooks: kernel creation stops before op `hold_from`, weight checks before the weights
+ * of op `hold_verify`, until released. */
+static void hold_at(long *from, uint32_t i)
+{
+    if (__atomic_load_n(from, __ATOMIC_RELAXED) < 0)
         return;
     pthread_mutex_lock(&gate.mu);
-    while (gate.hold_from >= 0 && (long)i >= gate.hold_from)
+    while (*from >= 0 && (long)i >= *from)
         pthread_cond_wait(&gate.cv, &gate.mu);
     pthread_mutex_unlock(&gate.mu);
 }
+
+static void hold_op(uint32_t i) { hold_at(&gate.hold_from, i); }
+static void hold_verify(uint32_t i) { hold_at(&gate.hold_verify, i); }
 
 static void gate_pass(void)
 {
@@ -499,26 +562,25 @@ static kiln_status place_on(kiln_model *m, int core, place_arg *a)
     kiln_status s = replica_new(m->prog, core, &r);
     if (s != KILN_OK)
         return s;
-    /* Kernels are made (by helpers) while this thread checks the weights; nothing made from
-     * unchecked weights is used before the check passes, since only then is r published. */
+    /* Kernels are made (by helpers) while this thread checks the weights; from now on a
+     * forward may stream through the replica: op i runs once its kernel exists and its
+     * weights passed (nothing read from unchecked weights is used before that). */
     rt_build b;
     a->t_kernels = kiln__now();
     build_start(&b, m, r);
-    s = verify_once(m);
-    if (s != KILN_OK) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "%s", kiln_last_error());
-        build_abort(r, s, msg);
-        build_finish(&b);
-        replica_free(r, m->prog->n_ops);
-        return kiln__fail(s, "%s", msg);
-    }
-    /* From here a forward may use the replica while its kernels are made (streaming). */
     pthread_mutex_lock(&m->mu);
     m->replicas[core] = r;
     pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
-    s = build_finish(&b);
+    s = verify_stream(m, r);
+    if (s != KILN_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", kiln_last_error());
+        build_abort(r, s, msg);
+    }
+    kiln_status sb = build_finish(&b); /* after an abort: the verification's failure */
+    if (s == KILN_OK)
+        s = sb;
     if (s == KILN_OK) /* the core's scratchpad grown now, so no forward allocates */
         s = rt_run(c, reserve_job, NULL);
     a->t_ready = kiln__now();
@@ -844,15 +906,15 @@ static void release_replica(kiln_model *m, rt_replica *r)
 kiln_status rt_replica_run(const kp_program *p, rt_replica *r)
 {
     for (uint32_t i = 0; i < p->n_ops; i++) {
-        kk_kernel *k = replica_kernel(r, i);
-        if (!k)
+        if (!replica_wait(r, i, p->n_ops))
             return KILN_ERR_LOAD;
-        kiln_status s = kk_run(k);
+        kiln_status s = kk_run(r->kernels[i]);
         if (s != KILN_OK)
             return s;
         __atomic_fetch_add(&r->ran, 1, __ATOMIC_RELAXED);
     }
-    return KILN_OK;
+    /* outputs leave only once every checksum of the file passed */
+    return replica_wait(r, p->n_ops, p->n_ops) ? KILN_OK : KILN_ERR_LOAD;
 }
 
 typedef struct forward_arg {

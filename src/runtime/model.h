@@ -10,7 +10,8 @@
 /* One placement of a model on one core: its activation arena, the address of every value
  * and the kernels. Its arena is touched only by that core's worker. Kernels are made by
  * several threads and published one by one (kernels[i] written with store-release, read with
- * load-acquire), so a forward may run op i as soon as its kernel exists. */
+ * load-acquire) while the placing thread checks the weights op by op, so a forward may run
+ * op i as soon as its kernel exists and its weights passed their checksums. */
 typedef struct rt_replica {
     int             core;
     uint8_t        *arena;
@@ -21,6 +22,10 @@ typedef struct rt_replica {
     bool            failed;     /* the build failed (also read atomically) */
     kiln_status     error;
     char            error_msg[512];
+    uint32_t        verified;   /* ops whose weights passed their checksums: op i may run
+                                 * once verified > i, outputs leave once it is n_ops + 1
+                                 * (every checksum passed, the section's too); atomic,
+                                 * raised under mu with cv broadcast */
     uint64_t        copied;     /* weight bytes reordered/copied at placement */
     uint64_t        ran;        /* ops run so far (atomic; tests watch streaming with it) */
     /* under the model's mu: */
@@ -89,6 +94,8 @@ KILN_INTERNAL kiln_status rt_model_replicas(kiln_model *m, const int *cores, int
 KILN_INTERNAL void rt_test_gate(bool closed);
 /* Test hook: kernel creation waits before op `first` (and later ones) until called with -1. */
 KILN_INTERNAL void rt_test_hold_ops_from(long first);
+/* Test hook: weight checks stop before the weights of op `first` until released (-1). */
+KILN_INTERNAL void rt_test_hold_verify_from(long first);
 KILN_INTERNAL int  rt_test_gate_waiting(void);
 
 #endif

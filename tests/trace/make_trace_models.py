@@ -130,3 +130,19 @@ save("residual_block", [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1
                         helper.make_node("Add", ["c3", "h"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
      [vi("x", [1, 4, 8, 8])], [vi("y", [1, 4, 8, 8])], [("w1", w1), ("w2", w2), ("w3", w3)], xc,
      res.astype(np.float32))
+
+# 10. Eight MatMul + bias + Relu layers, each with weights of its own (streaming placement:
+#     a forward may run layer i once layer i's weights passed their checksums)
+xw = rng.standard_normal((1, 64), dtype=np.float32)
+nodes, inits, prev, ref = [], [], "x", xw.astype(np.float64)
+for i in range(8):
+    w = rng.standard_normal((64, 64), dtype=np.float32) * 0.2
+    b = rng.standard_normal(64, dtype=np.float32) * 0.1
+    y = "y" if i == 7 else "r%d" % i
+    nodes += [helper.make_node("MatMul", [prev, "w%d" % i], ["m%d" % i]),
+              helper.make_node("Add", ["m%d" % i, "b%d" % i], ["a%d" % i]),
+              helper.make_node("Relu", ["a%d" % i], [y])]
+    inits += [("w%d" % i, w), ("b%d" % i, b)]
+    ref = np.maximum(ref @ w.astype(np.float64) + b, 0)
+    prev = y
+save("layers", nodes, [vi("x", [1, 64])], [vi("y", [1, 64])], inits, xw, ref.astype(np.float32))
