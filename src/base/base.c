@@ -6,10 +6,13 @@
 #include "base/base.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char last_error[1024];
 
@@ -93,6 +96,43 @@ void *kiln__aligned_alloc(size_t align, size_t n)
     if (!alloc_allowed() || posix_memalign(&p, align, n ? n : 1) != 0)
         return NULL;
     return p;
+}
+
+#define BIG_HUGE ((size_t)2 << 20)
+
+static size_t big_size(size_t n)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    n = n ? n : 1;
+    return n >= BIG_HUGE ? (n + BIG_HUGE - 1) & ~(BIG_HUGE - 1) : (n + page - 1) & ~(page - 1);
+}
+
+void *kiln__big_alloc(size_t n)
+{
+    if (!alloc_allowed() || n > SIZE_MAX - 2 * BIG_HUGE)
+        return NULL;
+    size_t size = big_size(n);
+    if (size < BIG_HUGE) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    /* map with room to put the start on a 2 MiB boundary, then give the slack back */
+    uint8_t *raw = mmap(NULL, size + BIG_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    uint8_t *p = (uint8_t *)(((uintptr_t)raw + BIG_HUGE - 1) & ~(uintptr_t)(BIG_HUGE - 1));
+    if (p > raw)
+        munmap(raw, (size_t)(p - raw));
+    if (p + size < raw + size + BIG_HUGE)
+        munmap(p + size, (size_t)(raw + size + BIG_HUGE - (p + size)));
+    (void)madvise(p, size, MADV_HUGEPAGE); /* a hint: without THP, plain pages */
+    return p;
+}
+
+void kiln__big_free(void *p, size_t n)
+{
+    if (p)
+        munmap(p, big_size(n));
 }
 
 char *kiln__strdup(const char *s)

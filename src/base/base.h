@@ -35,6 +35,11 @@ KILN_INTERNAL void *kiln__malloc(size_t n);
 KILN_INTERNAL void *kiln__calloc(size_t n, size_t size);
 KILN_INTERNAL void *kiln__realloc(void *p, size_t n);
 KILN_INTERNAL void *kiln__aligned_alloc(size_t align, size_t n); /* free with kiln__free */
+/* Large buffers (activation arenas, scratchpads): page-aligned anonymous memory of n bytes,
+ * in transparent huge pages where the system allows (from 2 MiB up: first touch then
+ * faults once per 2 MiB instead of once per page). Free with kiln__big_free(p, n). */
+KILN_INTERNAL void *kiln__big_alloc(size_t n);
+KILN_INTERNAL void  kiln__big_free(void *p, size_t n);
 KILN_INTERNAL char *kiln__strdup(const char *s);
 KILN_INTERNAL void  kiln__free(void *p);
 /* Fault injection for tests: fail the allocation after `n` more succeed (-1: never). */

@@ -231,7 +231,7 @@ static void replica_free(rt_replica *r, uint32_t n_ops)
         kk_free(r->kernels[i]);
     kiln__free(r->kernels);
     kiln__free(r->ptr);
-    kiln__free(r->arena);
+    kiln__big_free(r->arena, r->arena_bytes);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     kiln__free(r);
@@ -306,7 +306,8 @@ static kiln_status replica_new(const kp_program *p, int core, rt_replica **out)
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     r->core = core;
-    r->arena = kiln__aligned_alloc(4096, p->arena_bytes ? p->arena_bytes : 1);
+    r->arena_bytes = (size_t)p->arena_bytes;
+    r->arena = kiln__big_alloc(r->arena_bytes);
     r->ptr = kiln__calloc(p->n_values ? p->n_values : 1, sizeof(void *));
     r->kernels = kiln__calloc(p->n_ops ? p->n_ops : 1, sizeof(kk_kernel *));
     if (!r->arena || !r->ptr || !r->kernels) {

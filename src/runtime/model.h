@@ -14,7 +14,8 @@
  * op i as soon as its kernel exists and its weights passed their checksums. */
 typedef struct rt_replica {
     int             core;
-    uint8_t        *arena;
+    uint8_t        *arena;      /* kiln__big_alloc'd, arena_bytes */
+    size_t          arena_bytes;
     void          **ptr;        /* per value: arena slot or weight address */
     kk_kernel     **kernels;    /* per op; NULL until made */
     pthread_mutex_t mu;         /* guards the fields below (and waits for kernels) */
