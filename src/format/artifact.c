@@ -365,6 +365,22 @@ static void cache_add(const ka_file_id *id)
     pthread_mutex_unlock(&verified.mu);
 }
 
+/* Maps the pages of [b, b + n) of the file mapping in one call (Linux 5.14+; elsewhere a
+ * no-op), which costs far less than taking a page fault per 16 pages while hashing. */
+static void populate(const uint8_t *b, uint64_t n)
+{
+#ifdef MADV_POPULATE_READ
+    if (!n)
+        return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)b & ~(page - 1);
+    (void)madvise((void *)lo, (uintptr_t)b + n - lo, MADV_POPULATE_READ);
+#else
+    (void)b;
+    (void)n;
+#endif
+}
+
 /* Benchmark hook: the weights are brought in (every page read) but not hashed. */
 static atomic_bool skip_verify;
 
@@ -406,6 +422,8 @@ kiln_status ka_verify_weights(const ka_file *f, const kp_program *p)
     }
     uint32_t n_bad = 0, first = 0;
     bool section_ok = false;
+    if (f->weights)
+        populate(f->map + f->weights->offset, f->weights->size);
     kiln_status st = check_weights(f, p, NULL, &n_bad, &first, &section_ok);
     if (st != KILN_OK)
         return st;
@@ -433,6 +451,7 @@ kiln_status ka_verify_value(const ka_file *f, const kp_program *p, uint32_t id)
         touch_pages(p->weights + v->offset, v->nbytes);
         return KILN_OK;
     }
+    populate(p->weights + v->offset, v->nbytes);
     if (hash_bytes(p->weights + v->offset, v->nbytes) == v->hash)
         return KILN_OK;
     char name[96];
