@@ -3,7 +3,9 @@
  * when it is one: on the graphs of tests/fuse/make_fuse_models.py (directory in
  * KILN_FUSE_MODELS), each spelling after a MatMul + bias must trace to that one MatMul with
  * a GELU / GELU_TANH post-op (alone: one GELU unary), the look-alikes must keep their
- * Erf/Tanh and no GELU; every output is checked against numpy's evaluation of the graph as
+ * Erf/Tanh and no GELU. A MatMul operand scaled by a constant must become the MatMul's
+ * LINEAR post-op (ahead of the bias, which then must not be scaled), unless the scaled value
+ * is used elsewhere. Every output is checked against numpy's evaluation of the graph as
  * written, after trace and after save -> load.
  */
 #include "testutil.h"
@@ -75,7 +77,7 @@ static void check_outputs(kiln_model *m, const char *name, const kiln_tensor *x,
     }
 }
 
-enum { GELU_POST = 1, GELU_ALONE, NOT_GELU };
+enum { GELU_POST = 1, GELU_ALONE, NOT_GELU, SCALED, NOT_SCALED };
 
 /* Whether op carries unary algorithm alg: itself, or as a post-op of a MatMul. */
 static bool has_unary(const kp_program *p, const kp_op *op, int alg)
@@ -97,6 +99,29 @@ static int count_unary(const kp_program *p, int alg)
     for (uint32_t i = 0; i < p->n_ops; i++)
         n += has_unary(p, &p->ops[i], alg);
     return n;
+}
+
+static int count_kind(const kp_program *p, int kind)
+{
+    int n = 0;
+    for (uint32_t i = 0; i < p->n_ops; i++)
+        n += p->ops[i].kind == kind;
+    return n;
+}
+
+/* SCALED: one MatMul whose first post-op is LINEAR(scale), then the bias Add as a binary
+ * post-op if `bias`. */
+static bool scaled(const kp_program *p, float scale, bool bias)
+{
+    const kp_op *op = &p->ops[0];
+    if (p->n_ops != 1 || op->kind != KP_MATMUL || (op->n_in > 2 && kp_op_in(p, op)[2] >= 0))
+        return false;
+    const int64_t *ia = kp_op_ia(p, op);
+    const float *fa = kp_op_fa(p, op);
+    if (ia[0] != 1 + bias || ia[1] != KP_POST_UNARY || ia[2] != KP_U_LINEAR || fa[0] != scale ||
+        fa[1] != 0.0f)
+        return false;
+    return !bias || (ia[3] == KP_POST_BINARY && ia[4] == KP_B_ADD);
 }
 
 /* Traces NAME and checks its program has the shape `want` says (gelu: the GELU algorithm
@@ -130,9 +155,14 @@ static void check_case(const char *name, int want, int gelu, int erf_or_tanh)
     } else if (want == GELU_ALONE) {
         ok = p->n_ops == 1 && p->ops[0].kind == KP_UNARY && p->ops[0].sub == gelu &&
              kp_op_in(p, &p->ops[0])[0] == (int32_t)p->inputs[0];
-    } else {
+    } else if (want == NOT_GELU) {
         ok = count_unary(p, KP_U_GELU) == 0 && count_unary(p, KP_U_GELU_TANH) == 0 &&
              count_unary(p, erf_or_tanh) >= 1;
+    } else if (want == SCALED) {
+        ok = !strcmp(name, "scale_a") ? scaled(p, 0.125f, true) : scaled(p, 0.25f, false);
+    } else {
+        ok = count_kind(p, KP_MATMUL) == 1 && count_kind(p, KP_BINARY) == 2 &&
+             count_unary(p, KP_U_LINEAR) == 0;
     }
     if (!CHECK(ok)) {
         fprintf(stderr, "  %s: %u ops:", name, p->n_ops);
@@ -174,6 +204,9 @@ int main(void)
         { "nogelu_wrong_scale", NOT_GELU, 0, KP_U_ERF },
         { "nogelu_wrong_cubic", NOT_GELU, 0, KP_U_TANH },
         { "nogelu_no_half", NOT_GELU, 0, KP_U_ERF },
+        { "scale_a", SCALED, 0, 0 },
+        { "scale_b", SCALED, 0, 0 },
+        { "noscale_twice", NOT_SCALED, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         check_case(cases[i].name, cases[i].want, cases[i].gelu, cases[i].from);

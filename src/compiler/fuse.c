@@ -10,7 +10,8 @@
  *
  * Before that, GELU written out in elementary ops (what exporters emit for torch's gelu and
  * GPT-2's gelu_new) becomes one KP_UNARY GELU / GELU_TANH, which then fuses like any
- * activation (see "GELU written out" below).
+ * activation (see "GELU written out" below), and a MatMul operand multiplied or divided by
+ * a scalar constant becomes a scaling post-op of the MatMul (scale_into_matmul).
  *
  * A result is fused into its producer only when that op is its one consumer, it is not a
  * graph output, nothing aliases it, and any extra operand is ready before the producer runs.
@@ -495,6 +496,61 @@ static kiln_status gelu_at(fuse_state *f, uint32_t ti)
     return KILN_OK;
 }
 
+/* A MatMul operand scaled by a constant, (A * s) @ B or A @ (B / c), is the product scaled:
+ * the Mul/Div goes and the MatMul gets a KP_POST_UNARY LINEAR(s) (attention's
+ * Q / sqrt(d_head) before Q @ K^T: one op less, and the scaling happens in the MatMul's
+ * epilogue). Only while the MatMul has no bias and no post-ops (a bias would get scaled
+ * too), so it runs before the fusions that add them. */
+static kiln_status scale_into_matmul(fuse_state *f, uint32_t mi)
+{
+    kp_program *p = &f->c->p;
+    const kp_op *mm = &p->ops[mi];
+    if (mm->kind != KP_MATMUL || mm->n_in < 2 || mm->n_in > 3 ||
+        (mm->n_in == 3 && kp_op_in(p, mm)[2] >= 0) || mm->n_out != 1 || mm->n_ia != 1 ||
+        kp_op_ia(p, mm)[0] != 0 || kp_op_out(p, mm)[0] < 0)
+        return KILN_OK;
+    for (int k = 0; k < 2; k++) {
+        int a = kp_op_in(p, mm)[k];
+        if (a < 0 || f->uses[a] != 1 || f->pinned[a] || f->producer[a] < 0)
+            continue;
+        uint32_t si = (uint32_t)f->producer[a];
+        const kp_op *sc = &p->ops[si];
+        if (!sc->kind || sc->kind != KP_BINARY || sc->n_in != 2 || sc->n_out != 1 ||
+            (sc->sub != KP_B_MUL && sc->sub != KP_B_DIV))
+            continue;
+        const int32_t *sin = kp_op_in(p, sc);
+        double c;
+        int v;
+        if (scalar_const(f, sin[1], &c))
+            v = sin[0];
+        else if (sc->sub == KP_B_MUL && scalar_const(f, sin[0], &c))
+            v = sin[1];
+        else
+            continue;
+        double s = sc->sub == KP_B_MUL ? c : 1.0 / c;
+        if (v < 0 || kc_is_const(f->c, v) || p->values[v].dtype != KILN_F32 ||
+            p->values[a].dtype != KILN_F32 || !same_shape(&p->values[v], &p->values[a]) ||
+            c == 0.0 || !isfinite((float)s))
+            continue;
+        int in[3] = { kp_op_in(p, mm)[0], kp_op_in(p, mm)[1], -1 };
+        in[k] = v;
+        int64_t ia[3] = { 1, KP_POST_UNARY, KP_U_LINEAR };
+        float fa[2] = { (float)s, 0.0f };
+        kiln_status st = rewrite_op(f, mi, in, mm->n_in, kp_op_out(p, mm)[0], ia, 3, fa, 2);
+        if (st == KILN_ERR_UNSUPPORTED)
+            return KILN_OK;
+        if (st != KILN_OK)
+            return st;
+        p->ops[si].kind = 0;
+        f->uses[a] = 0;
+        f->consumer[v] = (int32_t)mi;
+        if (kk_check(p, mi) != KILN_OK)
+            return kiln__fail(KILN_ERR_INTERNAL, "scaled MatMul rejected: %s", kiln_last_error());
+        return KILN_OK;
+    }
+    return KILN_OK;
+}
+
 /* Tries to fuse the one consumer of op pi's output into it. */
 static kiln_status fuse_one(fuse_state *f, uint32_t pi, bool *fused)
 {
@@ -619,6 +675,8 @@ kiln_status kc__fuse(kc_ctx *c, const uint32_t *outputs)
         KILN_ASSERT(p->n_ops == before);
     }
     count_uses(&f, nv);
+    for (uint32_t i = 0; i < p->n_ops && s == KILN_OK; i++)
+        s = scale_into_matmul(&f, i);
     uint32_t n_ops = p->n_ops; /* rewrite_op appends then pops: n_ops stays */
     for (uint32_t i = 0; i < n_ops && s == KILN_OK; i++) {
         int kind = p->ops[i].kind;

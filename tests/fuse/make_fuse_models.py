@@ -4,7 +4,9 @@ elementary ops the ways exporters and model code write it (torch's exact gelu, G
 gelu_new, torch's approximate='tanh', Megatron's factored form, operands swapped, the 0.5
 first or last, 1.4142 / 0.7071 written short), after a MatMul + bias or alone, and spellings
 that must NOT become one GELU (an intermediate used twice or wanted as an output, other
-constants, the 0.5 missing).
+constants, the 0.5 missing); and MatMul operands scaled by a constant (attention's
+Q / sqrt(d)), which become the MatMul's scaling post-op, or not when the scaled value is
+used twice.
 
 Each model NAME gets NAME.onnx, NAME.in.npy and NAME.out.npy: the output of the graph as
 written, computed in float64 with numpy (no fusion), for the test to compare with.
@@ -150,6 +152,23 @@ def erf_then_scale(g, h):  # GELU then * 3: the GELU still forms, the * 3 stays 
     return g.op("Mul", erf_torch(g, h), 3.0)
 
 
+def scale_a(g, h):         # (x / 8) @ w + b: the bias must not be scaled
+    w = g.weight("w", (rng.standard_normal((K_IN, K_OUT)) * 0.6).astype(np.float32))
+    b = g.weight("b", rng.standard_normal(K_OUT).astype(np.float32))
+    return g.op("Add", g.op("MatMul", g.op("Div", "x", 8.0), w), b)
+
+
+def scale_b(g, h):         # a @ (0.25 * x): the activation on the right
+    a = g.weight("a", rng.standard_normal((2, 3, 5)).astype(np.float32))
+    return g.op("MatMul", a, g.op("Mul", 0.25, "x"))
+
+
+def scale_twice(g, h):     # x * 0.5 feeds the MatMul and an output: stays
+    w = g.weight("w", (rng.standard_normal((K_IN, K_OUT)) * 0.6).astype(np.float32))
+    s = g.op("Mul", "x", 0.5)
+    return g.op("MatMul", s, w), [g.op("Add", s, 1.0)]
+
+
 CASES = [
     ("gelu_erf_torch", True, erf_torch), ("gelu_erf_half_first", True, erf_half_first),
     ("gelu_erf_short", True, erf_short), ("gelu_erf_div2", True, erf_div2),
@@ -159,10 +178,11 @@ CASES = [
     ("nogelu_twice_used", True, twice_used), ("nogelu_erf_output", True, erf_output),
     ("nogelu_wrong_scale", True, wrong_scale), ("nogelu_wrong_cubic", True, wrong_cubic),
     ("nogelu_no_half", True, no_half),
+    ("scale_a", None, scale_a), ("scale_b", None, scale_b), ("noscale_twice", None, scale_twice),
 ]
 
 for name, mm, body in CASES:
-    x = (rng.standard_normal((2, 5, K_IN if mm else K_OUT)) * 1.5).astype(np.float32)
+    x = (rng.standard_normal((2, 5, K_OUT if mm is False else K_IN)) * 1.5).astype(np.float32)
     g = G(x)
     h = linear(g) if mm else "x"
     r = body(g, h)
