@@ -5,7 +5,9 @@
  * a GELU / GELU_TANH post-op (alone: one GELU unary), the look-alikes must keep their
  * Erf/Tanh and no GELU. A MatMul operand scaled by a constant must become the MatMul's
  * LINEAR post-op (ahead of the bias, which then must not be scaled), unless the scaled value
- * is used elsewhere. Every output is checked against numpy's evaluation of the graph as
+ * is used elsewhere. A 2-D MatMul + bias reshaped back to 3-D before a residual Add must
+ * become one MatMul with a sum post-op, unless the 2-D result is wanted too or the reshape
+ * changes the last dim. Every output is checked against numpy's evaluation of the graph as
  * written, after trace and after save -> load.
  */
 #include "testutil.h"
@@ -77,7 +79,7 @@ static void check_outputs(kiln_model *m, const char *name, const kiln_tensor *x,
     }
 }
 
-enum { GELU_POST = 1, GELU_ALONE, NOT_GELU, SCALED, NOT_SCALED };
+enum { GELU_POST = 1, GELU_ALONE, NOT_GELU, SCALED, NOT_SCALED, RESIDUAL, NOT_RESIDUAL };
 
 /* Whether op carries unary algorithm alg: itself, or as a post-op of a MatMul. */
 static bool has_unary(const kp_program *p, const kp_op *op, int alg)
@@ -160,9 +162,17 @@ static void check_case(const char *name, int want, int gelu, int erf_or_tanh)
              count_unary(p, erf_or_tanh) >= 1;
     } else if (want == SCALED) {
         ok = !strcmp(name, "scale_a") ? scaled(p, 0.125f, true) : scaled(p, 0.25f, false);
-    } else {
+    } else if (want == NOT_SCALED) {
         ok = count_kind(p, KP_MATMUL) == 1 && count_kind(p, KP_BINARY) == 2 &&
              count_unary(p, KP_U_LINEAR) == 0;
+    } else if (want == RESIDUAL) {
+        /* the MatMul writes the 3-D sum itself: bias, then the residual as a sum post-op */
+        const kp_op *op = &p->ops[0];
+        const int64_t *ia = kp_op_ia(p, op);
+        ok = p->n_ops == 1 && op->kind == KP_MATMUL && op->n_in == 4 && kp_op_in(p, op)[2] >= 0 &&
+             ia[0] == 1 && ia[1] == KP_POST_SUM && p->values[kp_op_out(p, op)[0]].ndim == 3;
+    } else {
+        ok = count_kind(p, KP_MATMUL) == 1 && count_kind(p, KP_BINARY) == 1;
     }
     if (!CHECK(ok)) {
         fprintf(stderr, "  %s: %u ops:", name, p->n_ops);
@@ -207,6 +217,9 @@ int main(void)
         { "scale_a", SCALED, 0, 0 },
         { "scale_b", SCALED, 0, 0 },
         { "noscale_twice", NOT_SCALED, 0, 0 },
+        { "residual_reshaped", RESIDUAL, 0, 0 },
+        { "noresidual_2d_output", NOT_RESIDUAL, 0, 0 },
+        { "noresidual_last_dim", NOT_RESIDUAL, 0, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
         check_case(cases[i].name, cases[i].want, cases[i].gelu, cases[i].from);

@@ -29,6 +29,7 @@ typedef struct fuse_state {
     int32_t  *consumer;   /* per value: the last op reading it */
     int32_t  *producer;   /* per value: the op writing it, -1 for inputs and constants */
     uint8_t  *pinned;     /* per value: graph output, aliased, or an alias */
+    const uint32_t *outputs;  /* graph output value ids */
 } fuse_state;
 
 static int post_base(const kp_program *p, const kp_op *op)
@@ -551,6 +552,90 @@ static kiln_status scale_into_matmul(fuse_state *f, uint32_t mi)
     return KILN_OK;
 }
 
+static bool is_output(const fuse_state *f, int v)
+{
+    for (int i = 0; i < f->c->g->n_outputs; i++)
+        if (f->outputs[i] == (uint32_t)v)
+            return true;
+    return false;
+}
+
+/* A MatMul whose result reaches a residual Add only through a free reshape (a Gemm's 2-D
+ * result reshaped back to batch x seq x hidden, as transformer exports have it): the MatMul
+ * is recast in the reshaped shape, its A aliased to match (the same memory: rows x K), so
+ * the Add becomes its KP_POST_SUM as it would without the reshape. Needs: no op reads the
+ * result itself, exactly one of its aliases is read, once, by that Add; none of them is a
+ * graph output; the reshape keeps the last dim; B is 2-D and the bias 1-D (they do not
+ * depend on the batch shape); no post-op operands yet. */
+static kiln_status sum_through_alias(fuse_state *f, uint32_t pi, bool *fused)
+{
+    kc_ctx *c = f->c;
+    kp_program *p = &c->p;
+    const kp_op *op = &p->ops[pi];
+    *fused = false;
+    if (op->kind != KP_MATMUL || op->n_out != 1 || op->n_in < 2 || op->n_in > 3 ||
+        op->n_ia + 2 > 64 || op->n_fa + 2 > 64)
+        return KILN_OK;
+    const int32_t *in = kp_op_in(p, op);
+    int y = kp_op_out(p, op)[0];
+    if (y < 0 || c->root[y] != y || f->uses[y] != 0 || is_output(f, y))
+        return KILN_OK;
+    int a = -1;
+    for (uint32_t v = 0; v < p->n_values; v++) {
+        if ((int)v == y || c->root[v] != y)
+            continue;
+        if (is_output(f, (int)v) || (f->uses[v] && (f->uses[v] != 1 || a >= 0)))
+            return KILN_OK;
+        if (f->uses[v])
+            a = (int)v;
+    }
+    if (a < 0)
+        return KILN_OK;
+    int32_t qi = f->consumer[a];
+    if (qi <= (int32_t)pi || !p->ops[qi].kind)
+        return KILN_OK;
+    const kp_op *q = &p->ops[qi];
+    const int32_t *qin = kp_op_in(p, q);
+    if (q->kind != KP_BINARY || q->sub != KP_B_ADD || q->n_in != 2 || q->n_out != 1 ||
+        qin[0] == qin[1] || kp_op_out(p, q)[0] < 0)
+        return KILN_OK;
+    int z = kp_op_out(p, q)[0], o = qin[0] == a ? qin[1] : qin[0];
+    const kp_value *Y = &p->values[y], *Av = &p->values[a], *ov = &p->values[o];
+    const kp_value *X = &p->values[in[0]], *W = &p->values[in[1]];
+    bool ready = ov->kind != KP_VAL_ACT || (f->producer[o] >= 0 && f->producer[o] < (int32_t)pi);
+    if (!ready || c->root[o] == y || ov->dtype != KILN_F32 || !same_shape(ov, Av) ||
+        !same_shape(&p->values[z], Av) || p->values[z].dtype != KILN_F32 || Av->ndim < 2 ||
+        Av->shape[Av->ndim - 1] != Y->shape[Y->ndim - 1] || W->ndim != 2 || X->ndim < 1 ||
+        (op->n_in == 3 && in[2] >= 0 && p->values[in[2]].ndim != 1))
+        return KILN_OK;
+    /* A seen as the Add's shape with its own last dim: rows x K, the same elements */
+    int64_t shape[KILN_MAX_DIMS];
+    memcpy(shape, Av->shape, sizeof shape);
+    shape[Av->ndim - 1] = X->shape[X->ndim - 1];
+    if (kiln__numel(Av->ndim, shape) != kp_value_numel(X))
+        return KILN_OK;
+    int ax = kc_alias(c, in[0], Av->ndim, shape);
+    if (ax < 0)
+        return KILN_ERR_NOMEM;
+    /* kc_alias may have moved the pools; the main loop gives ax its per-value entries */
+    op = &p->ops[pi];
+    f->pinned[c->root[kp_op_in(p, op)[0]]] = 1;
+    int nin[3] = { ax, kp_op_in(p, op)[1], op->n_in == 3 ? kp_op_in(p, op)[2] : -1 };
+    kiln_status s = rewrite_op(f, pi, nin, op->n_in, a, kp_op_ia(p, op), (int)op->n_ia,
+                               kp_op_fa(p, op), (int)op->n_fa);
+    if (s == KILN_OK)
+        s = add_post(f, pi, KP_POST_SUM, 0, 0.0f, 0.0f, o, z);
+    if (s != KILN_OK)
+        return s == KILN_ERR_UNSUPPORTED ? kiln__fail(KILN_ERR_INTERNAL, "MatMul recast half done") : s;
+    p->ops[qi].kind = 0;
+    f->uses[a] = 0;
+    f->producer[z] = (int32_t)pi;
+    *fused = true;
+    if (kk_check(p, pi) != KILN_OK)
+        return kiln__fail(KILN_ERR_INTERNAL, "recast MatMul rejected: %s", kiln_last_error());
+    return KILN_OK;
+}
+
 /* Tries to fuse the one consumer of op pi's output into it. */
 static kiln_status fuse_one(fuse_state *f, uint32_t pi, bool *fused)
 {
@@ -561,6 +646,8 @@ static kiln_status fuse_one(fuse_state *f, uint32_t pi, bool *fused)
     if (op->n_out != 1)
         return KILN_OK;
     int y = kp_op_out(p, op)[0];
+    if (y >= 0 && f->pinned[y] && f->uses[y] == 0 && op->kind == KP_MATMUL)
+        return sum_through_alias(f, pi, fused);
     if (y < 0 || p->values[y].dtype != KILN_F32 || f->uses[y] != 1 || f->pinned[y])
         return KILN_OK;
     int32_t qi = f->consumer[y];
@@ -649,7 +736,7 @@ kiln_status kc__fuse(kc_ctx *c, const uint32_t *outputs)
 {
     kp_program *p = &c->p;
     uint32_t nv = p->n_values;
-    fuse_state f = { c, NULL, NULL, NULL, NULL };
+    fuse_state f = { c, NULL, NULL, NULL, NULL, outputs };
     kiln_status s = KILN_OK;
     f.uses = kiln__calloc(nv + 1, sizeof *f.uses);
     f.consumer = kiln__malloc(sizeof(int32_t) * (nv + 1));

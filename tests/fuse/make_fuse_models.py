@@ -4,9 +4,11 @@ elementary ops the ways exporters and model code write it (torch's exact gelu, G
 gelu_new, torch's approximate='tanh', Megatron's factored form, operands swapped, the 0.5
 first or last, 1.4142 / 0.7071 written short), after a MatMul + bias or alone, and spellings
 that must NOT become one GELU (an intermediate used twice or wanted as an output, other
-constants, the 0.5 missing); and MatMul operands scaled by a constant (attention's
+constants, the 0.5 missing); MatMul operands scaled by a constant (attention's
 Q / sqrt(d)), which become the MatMul's scaling post-op, or not when the scaled value is
-used twice.
+used twice; and a 2-D MatMul + bias reshaped back to 3-D before its residual Add (what a
+Gemm in a transformer export looks like), which becomes one MatMul with a sum post-op unless
+the 2-D result is also an output or the reshape changes the last dim.
 
 Each model NAME gets NAME.onnx, NAME.in.npy and NAME.out.npy: the output of the graph as
 written, computed in float64 with numpy (no fusion), for the test to compare with.
@@ -48,6 +50,15 @@ class G:
              "Div": lambda a, b: a / b, "Pow": lambda a, b: a ** b, "MatMul": lambda a, b: a @ b,
              "Erf": lambda a: erf(a), "Tanh": lambda a: np.tanh(a)}[kind]
         self.env[o] = f(*v)
+        return o
+
+    def reshape(self, v, shape):
+        name = f"s{len(self.inits)}"
+        self.inits.append(numpy_helper.from_array(np.array(shape, np.int64), name))
+        self.n += 1
+        o = f"t{self.n}"
+        self.nodes.append(helper.make_node("Reshape", [v, name], [o]))
+        self.env[o] = self.env[v].reshape(shape)
         return o
 
     def weight(self, name, a):
@@ -169,6 +180,16 @@ def scale_twice(g, h):     # x * 0.5 feeds the MatMul and an output: stays
     return g.op("MatMul", s, w), [g.op("Add", s, 1.0)]
 
 
+def residual(g, h, out_shape=(1, 10, K_IN), also_2d=False):
+    """x (1 x 10 x K) -> 2-D -> @ w + b -> reshaped -> + x."""
+    w = g.weight("w", (rng.standard_normal((K_IN, K_IN)) * 0.3).astype(np.float32))
+    b = g.weight("b", rng.standard_normal(K_IN).astype(np.float32))
+    m = g.op("Add", g.op("MatMul", g.reshape("x", [10, K_IN]), w), b)
+    r = g.reshape(m, list(out_shape))
+    y = g.op("Add", g.reshape("x", list(out_shape)), r)
+    return (y, [m]) if also_2d else y
+
+
 CASES = [
     ("gelu_erf_torch", True, erf_torch), ("gelu_erf_half_first", True, erf_half_first),
     ("gelu_erf_short", True, erf_short), ("gelu_erf_div2", True, erf_div2),
@@ -179,12 +200,16 @@ CASES = [
     ("nogelu_wrong_scale", True, wrong_scale), ("nogelu_wrong_cubic", True, wrong_cubic),
     ("nogelu_no_half", True, no_half),
     ("scale_a", None, scale_a), ("scale_b", None, scale_b), ("noscale_twice", None, scale_twice),
+    ("residual_reshaped", "res", residual),
+    ("noresidual_2d_output", "res", lambda g, h: residual(g, h, also_2d=True)),
+    ("noresidual_last_dim", "res", lambda g, h: residual(g, h, out_shape=(1, 5, 2 * K_IN))),
 ]
 
 for name, mm, body in CASES:
-    x = (rng.standard_normal((2, 5, K_OUT if mm is False else K_IN)) * 1.5).astype(np.float32)
+    shape = (1, 10, K_IN) if mm == "res" else (2, 5, K_OUT if mm is False else K_IN)
+    x = (rng.standard_normal(shape) * 1.5).astype(np.float32)
     g = G(x)
-    h = linear(g) if mm else "x"
+    h = linear(g) if mm is True else "x"
     r = body(g, h)
     y, extra = r if isinstance(r, tuple) else (r, [])
     g.save(name, x, [y] + extra)
