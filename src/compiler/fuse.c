@@ -14,7 +14,9 @@
  * a scalar constant becomes a scaling post-op of the MatMul (scale_into_matmul).
  *
  * A result is fused into its producer only when that op is its one consumer, it is not a
- * graph output, nothing aliases it, and any extra operand is ready before the producer runs.
+ * graph output, nothing aliases it (but see sum_through_alias: a MatMul whose result reaches
+ * its residual Add only through a reshape), and any extra operand is ready before the
+ * producer runs.
  * Rewritten ops get fresh pool entries (seal compacts the pools); fused-away ops get kind 0.
  */
 #include "compiler/trace.h"
