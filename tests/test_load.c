@@ -281,69 +281,6 @@ static void test_many_forwards(void)
     kiln_model_free(m);
 }
 
-/* Streaming placement: a forward on a model whose kernels are still being made runs each op
- * as soon as its own kernel exists. Creation is held before op 6 of the 12-op chain model:
- * the forward must get through ops 0-5 and wait there, the model still LOADING. */
-static void test_streaming(const char *dir)
-{
-    char p[1024];
-    kiln_tensor cx, cref;
-    snprintf(p, sizeof p, "%s/chain.in.npy", dir);
-    CHECK(npy_read(p, &cx) == KILN_OK);
-    snprintf(p, sizeof p, "%s/chain.out.npy", dir);
-    CHECK(npy_read(p, &cref) == KILN_OK);
-    snprintf(p, sizeof p, "%s/chain.onnx", dir);
-    kiln_tensor spec = cx;
-    spec.data = NULL;
-    kiln_model *m = NULL;
-    if (!CHECK_OK(kiln_trace(p, &spec, 1, &m)))
-        return;
-    CHECK(m->prog->n_ops == 12);
-    kiln_async_load(m, 1);
-    const char *art = test_path("chain_async.kiln");
-    CHECK_OK(kiln_save(m, art));
-    kiln_model_free(m);
-
-    rt_test_hold_ops_from(6);
-    if (CHECK_OK(kiln_load(art, &m))) {
-        size_t bytes = (size_t)kiln__numel(cref.ndim, cref.shape) * 4;
-        kiln_tensor out = cref;
-        out.data = malloc(bytes);
-        stream_arg a = { m, &cx, &out, KILN_ERR_INTERNAL, 0, "" };
-        pthread_t t;
-        pthread_create(&t, NULL, streaming_forward, &a);
-        uint64_t ran = 0;
-        for (int i = 0; i < 10000 && ran < 6; i++) {
-            usleep(1000);
-            pthread_mutex_lock(&m->mu);
-            for (int c = 0; c < m->n_cores; c++)
-                if (m->replicas[c])
-                    ran = __atomic_load_n(&m->replicas[c]->ran, __ATOMIC_RELAXED);
-            pthread_mutex_unlock(&m->mu);
-        }
-        usleep(20 * 1000);
-        CHECK(ran == 6); /* ops 0-5 ran before ops 6-11 had kernels */
-        CHECK(!atomic_load(&a.done));
-        CHECK(kiln_model_state(m) == KILN_LOADING);
-        CHECK(kiln_model_placements(m, -1) == 0);
-        rt_test_hold_ops_from(-1);
-        pthread_join(t, NULL);
-        CHECK_OK(a.s);
-        double md = 0, mr = 0;
-        for (size_t i = 0; i < bytes / 4; i++) {
-            md = fmax(md, fabs(((float *)out.data)[i] - ((float *)cref.data)[i]));
-            mr = fmax(mr, fabs(((float *)cref.data)[i]));
-        }
-        CHECK(md <= 1e-4 * mr);
-        CHECK(kiln_model_state(m) == KILN_LOADED && kiln_model_placements(m, -1) == 1);
-        free(out.data);
-        kiln_model_free(m);
-    }
-    rt_test_hold_ops_from(-1);
-    free(cx.data);
-    free(cref.data);
-}
-
 /* The number of ops of m's replica on any core that ran so far (0 if none is placed). */
 static uint64_t ops_ran(kiln_model *m)
 {
@@ -363,6 +300,76 @@ static uint64_t wait_ran(kiln_model *m, uint64_t want)
         usleep(1000);
     usleep(20 * 1000);
     return ops_ran(m);
+}
+
+/* Streaming placement: a forward on a model whose kernels are still being made runs each op
+ * as soon as its own kernel exists. Creation is held before op 6 of the 12-op chain model:
+ * the forward must get through ops 0-5 and wait there, the model still LOADING. */
+/* Reads NAME.in.npy and NAME.out.npy of dir into *in and *ref, traces NAME.onnx for that
+ * input, checks it has n_ops ops, marks it async and saves it at each of paths[0..n). */
+static bool save_async(const char *dir, const char *name, uint32_t n_ops, kiln_tensor *in,
+                       kiln_tensor *ref, const char *const *paths, int n)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s.in.npy", dir, name);
+    CHECK(npy_read(p, in) == KILN_OK);
+    snprintf(p, sizeof p, "%s/%s.out.npy", dir, name);
+    CHECK(npy_read(p, ref) == KILN_OK);
+    snprintf(p, sizeof p, "%s/%s.onnx", dir, name);
+    kiln_tensor spec = *in;
+    spec.data = NULL;
+    kiln_model *m = NULL;
+    if (!CHECK_OK(kiln_trace(p, &spec, 1, &m)))
+        return false;
+    CHECK(m->prog->n_ops == n_ops);
+    kiln_async_load(m, 1);
+    for (int i = 0; i < n; i++)
+        CHECK_OK(kiln_save(m, paths[i]));
+    kiln_model_free(m);
+    return true;
+}
+
+/* Whether out is within 1e-4 (relative to the largest reference value) of ref. */
+static bool matches(const kiln_tensor *out, const kiln_tensor *ref)
+{
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < kiln__numel(ref->ndim, ref->shape); i++) {
+        md = fmax(md, fabs(((float *)out->data)[i] - ((float *)ref->data)[i]));
+        mr = fmax(mr, fabs(((float *)ref->data)[i]));
+    }
+    return md <= 1e-4 * mr;
+}
+
+static void test_streaming(const char *dir)
+{
+    kiln_tensor cx, cref;
+    const char *art = test_path("chain_async.kiln");
+    if (!save_async(dir, "chain", 12, &cx, &cref, &art, 1))
+        return;
+    kiln_model *m = NULL;
+    rt_test_hold_ops_from(6);
+    if (CHECK_OK(kiln_load(art, &m))) {
+        size_t bytes = (size_t)kiln__numel(cref.ndim, cref.shape) * 4;
+        kiln_tensor out = cref;
+        out.data = malloc(bytes);
+        stream_arg a = { m, &cx, &out, KILN_ERR_INTERNAL, 0, "" };
+        pthread_t t;
+        pthread_create(&t, NULL, streaming_forward, &a);
+        CHECK(wait_ran(m, 6) == 6); /* ops 0-5 ran before ops 6-11 had kernels */
+        CHECK(!atomic_load(&a.done));
+        CHECK(kiln_model_state(m) == KILN_LOADING);
+        CHECK(kiln_model_placements(m, -1) == 0);
+        rt_test_hold_ops_from(-1);
+        pthread_join(t, NULL);
+        CHECK_OK(a.s);
+        CHECK(matches(&out, &cref));
+        CHECK(kiln_model_state(m) == KILN_LOADED && kiln_model_placements(m, -1) == 1);
+        free(out.data);
+        kiln_model_free(m);
+    }
+    rt_test_hold_ops_from(-1);
+    free(cx.data);
+    free(cref.data);
 }
 
 /* Flips one byte in the middle of the weights of op `op` of the artifact at path. */
@@ -400,32 +407,19 @@ static void damage_op_weights(const char *path, uint32_t op)
  * runs layers 0-5 and then fails with the checksum error; its output is left untouched. */
 static void test_streaming_verify(const char *dir)
 {
-    char p[1024];
     kiln_tensor lx, lref;
-    snprintf(p, sizeof p, "%s/layers.in.npy", dir);
-    CHECK(npy_read(p, &lx) == KILN_OK);
-    snprintf(p, sizeof p, "%s/layers.out.npy", dir);
-    CHECK(npy_read(p, &lref) == KILN_OK);
-    snprintf(p, sizeof p, "%s/layers.onnx", dir);
-    kiln_tensor spec = lx;
-    spec.data = NULL;
-    kiln_model *m = NULL;
-    if (!CHECK_OK(kiln_trace(p, &spec, 1, &m)))
+    const char *good = strdup(test_path("layers_async.kiln")), *bad = test_path("layers_bad.kiln");
+    const char *paths[] = { good, bad };
+    if (!save_async(dir, "layers", 8, &lx, &lref, paths, 2)) /* MatMul + bias + Relu per layer */
         return;
-    CHECK(m->prog->n_ops == 8); /* MatMul + bias + Relu fused per layer */
-    kiln_async_load(m, 1);
-    const char *good = test_path("layers_async.kiln"), *bad = test_path("layers_bad.kiln");
-    char *good_path = strdup(good);
-    CHECK_OK(kiln_save(m, good_path));
-    CHECK_OK(kiln_save(m, bad));
-    kiln_model_free(m);
+    kiln_model *m = NULL;
     damage_op_weights(bad, 6);
 
     size_t bytes = (size_t)kiln__numel(lref.ndim, lref.shape) * 4;
     kiln_tensor out = lref;
     out.data = malloc(bytes);
     rt_test_hold_verify_from(5);
-    if (CHECK_OK(kiln_load(good_path, &m))) {
+    if (CHECK_OK(kiln_load(good, &m))) {
         stream_arg a = { m, &lx, &out, KILN_ERR_INTERNAL, 0, "" };
         pthread_t t;
         pthread_create(&t, NULL, streaming_forward, &a);
@@ -435,12 +429,7 @@ static void test_streaming_verify(const char *dir)
         rt_test_hold_verify_from(-1);
         pthread_join(t, NULL);
         CHECK_OK(a.s);
-        double md = 0, mr = 0;
-        for (size_t i = 0; i < bytes / 4; i++) {
-            md = fmax(md, fabs(((float *)out.data)[i] - ((float *)lref.data)[i]));
-            mr = fmax(mr, fabs(((float *)lref.data)[i]));
-        }
-        CHECK(md <= 1e-4 * mr);
+        CHECK(matches(&out, &lref));
         CHECK(kiln_model_state(m) == KILN_LOADED && kiln_model_placements(m, -1) == 1);
         kiln_model_free(m);
     }
@@ -466,7 +455,7 @@ static void test_streaming_verify(const char *dir)
         kiln_model_free(m);
     }
     rt_test_hold_verify_from(-1);
-    free(good_path);
+    free((char *)good);
     free(out.data);
     free(lx.data);
     free(lref.data);
