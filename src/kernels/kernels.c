@@ -203,6 +203,32 @@ fail:
     return st;
 }
 
+/* A reference kernel that may meet channels-last activations (kr_takes_cl): asks the plan,
+ * or without one kd_plan_layouts about this op's input 0 and output 0, how they are
+ * stored. */
+static kiln_status create_ref_cl(const kk_plan *plan, const kp_program *p, uint32_t i,
+                                 void *const *ptr, kk_kernel **out)
+{
+    int x = kp_op_in(p, &p->ops[i])[0], y = kp_op_out(p, &p->ops[i])[0];
+    bool x_cl, y_cl;
+    if (plan) {
+        x_cl = plan->cl[x];
+        y_cl = plan->cl[y];
+    } else {
+        uint8_t *cl = kiln__calloc(p->n_values, 1);
+        if (!cl)
+            return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory planning op %u", i);
+        cl[x] = cl[y] = 1;
+        kiln_status st = kd_plan_layouts(p, cl);
+        x_cl = cl[x];
+        y_cl = cl[y];
+        kiln__free(cl);
+        if (st)
+            return st;
+    }
+    return kr_create_cl(p, i, ptr, x_cl, y_cl, out);
+}
+
 static kiln_status create(kk_core *c, const kk_plan *plan, const kp_program *p, uint32_t i,
                           void *const *ptr, kk_kernel **out, uint64_t *copied)
 {
@@ -219,6 +245,8 @@ static kiln_status create(kk_core *c, const kk_plan *plan, const kp_program *p, 
             return st;
         kiln__clear_error();   /* oneDNN declined these shapes: the reference runs it */
     }
+    if (kr_takes_cl(p, i))
+        return create_ref_cl(plan, p, i, ptr, out);
     return create_ref(p, i, ptr, out, copied);
 }
 
