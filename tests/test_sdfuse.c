@@ -187,6 +187,32 @@ static void test_norm_twice(void)
     free(x.data);
 }
 
+static void test_concat(void)
+{
+    kiln_tensor x;
+    kiln_model *m = trace_and_check("sd_cat", &x, 1);
+    if (!m)
+        return;
+    const kp_program *p = m->prog;
+    CHECK(p->n_ops == 5 && count_kind(p, KP_CONV) == 3 && count_kind(p, KP_CONCAT) == 1 &&
+          count_kind(p, KP_GROUPNORM) == 1);
+    kk_plan *plan = NULL;
+    if (CHECK_OK(kk_program_plan(p, &plan))) {
+        for (uint32_t i = 0; i < p->n_ops; i++) {
+            const kp_op *op = &p->ops[i];
+            if (op->kind != KP_CONCAT)
+                continue;
+            /* the conv results and the result channels-last, the graph input dense */
+            const int32_t *in = kp_op_in(p, op);
+            CHECK(op->n_in == 3 && plan->cl[in[0]] && plan->cl[in[1]] && !plan->cl[in[2]]);
+            CHECK(plan->cl[kp_op_out(p, op)[0]]);
+        }
+        kk_plan_free(plan);
+    }
+    kiln_model_free(m);
+    free(x.data);
+}
+
 int main(void)
 {
     dir = getenv("KILN_SDFUSE_MODELS");
@@ -197,5 +223,6 @@ int main(void)
     test_block();
     test_shared();
     test_norm_twice();
+    test_concat();
     return test_done("test_sdfuse");
 }

@@ -3,9 +3,9 @@
  * LogSoftmax over one axis (max-subtracted), LayerNormalization (with the optional Mean
  * and InvStdDev outputs), inference BatchNormalization and GroupNormalization (which
  * also serves InstanceNormalization; with an optional fused SiLU). Statistics are
- * accumulated in double. The f32 GroupNorm is the one reference kernel that also works on
- * channels-last activations (kr_takes_cl / kr_create_cl): the layout planner keeps the
- * tensors between convolutions nhwc through it.
+ * accumulated in double. The f32 GroupNorm also works on channels-last activations
+ * (kr_groupnorm_set_cl, see ref_layout.c): the layout planner keeps the tensors between
+ * convolutions nhwc through it.
  */
 #include "kernels/ref.h"
 
@@ -742,49 +742,11 @@ static kiln_status create_gn_f32(const kr_op *o, void *const *ptr, kk_kernel **o
     return KILN_OK;
 }
 
-/* ---- reference kernels on channels-last activations (see kernels_impl.h) ---- */
-
-bool kr_takes_cl(const kp_program *p, uint32_t i)
+void kr_groupnorm_set_cl(kk_kernel *kk, bool x_cl, bool y_cl)
 {
-    if (!p || i >= p->n_ops)
-        return false;
-    const kp_op *op = &p->ops[i];
-    if ((op->kind != KP_GROUPNORM && op->kind != KP_RESIZE) || op->n_in < 1 || op->n_out != 1 ||
-        kr_check(p, i) != KILN_OK) {
-        kiln__clear_error();
-        return false;
-    }
-    if (op->kind == KP_RESIZE)
-        return kr_resize_takes_cl(p, i);
-    const kp_value *x = &p->values[kp_op_in(p, op)[0]];
-    return x->dtype == KILN_F32 && x->ndim >= 3;
-}
-
-kiln_status kr_create_cl(const kp_program *p, uint32_t i, void *const *ptr, bool x_cl,
-                         bool y_cl, kk_kernel **out)
-{
-    kiln_status s = kr_create(p, i, ptr, out);
-    if (s != KILN_OK || (!x_cl && !y_cl))
-        return s;
-    const kp_op *op = &p->ops[i];
-    if (!kr_takes_cl(p, i)) {
-        kk_free(*out);
-        *out = NULL;
-        return kiln__fail(KILN_ERR_INTERNAL, "op %u '%s': reference kernel asked to run "
-                          "channels-last", i, kp_str(p, op->name));
-    }
-    if (op->kind == KP_RESIZE) {
-        kr_op o = { p, op, i, kp_op_in(p, op), kp_op_out(p, op), kp_op_ia(p, op), kp_op_fa(p, op) };
-        if ((s = kr_resize_set_cl(*out, &o, x_cl, y_cl)) != KILN_OK) {
-            kk_free(*out);
-            *out = NULL;
-        }
-        return s;
-    }
-    gn_k *k = (gn_k *)*out;     /* kr_takes_cl: an f32 GroupNorm, made by create_gn_f32 */
+    gn_k *k = (gn_k *)kk;
     k->x_cl = x_cl;
     k->y_cl = y_cl;
-    return KILN_OK;
 }
 
 kiln_status kr_create_batchnorm(const kr_op *o, void *const *ptr, kk_kernel **out)

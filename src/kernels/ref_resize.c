@@ -8,7 +8,7 @@
  * following the ONNX reference: the source coordinate x picks the n nearest input indices
  * (n = 2 linear, 4 cubic) of the edge-padded axis, weights come from the fractional part.
  * Nearest is one index-map copy (also on f32 tensors stored channels-last, for the layout
- * planner: kr_resize_takes_cl); linear and cubic run one separable pass per resized dim
+ * planner: see ref_layout.c); linear and cubic run one separable pass per resized dim
  * (through double intermediates), skipping dims whose mapping is the identity.
  */
 #include "kernels/ref.h"

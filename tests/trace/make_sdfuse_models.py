@@ -128,3 +128,22 @@ g1, ga1, be1 = gn_nodes("gn", "x", "z", 3, 6, inits, [0, 6, 4, 4])
 nodes = g1 + [helper.make_node("Add", ["z", "gn_r2"], ["y"])]
 n = groupnorm(x, 3, np.ones(6, np.float32), np.zeros(6, np.float32))
 save("sd_norm_twice", nodes, x, [("y", groupnorm(x, 3, ga1, be1) + n)], inits)
+
+# 4. A UNet-like skip: Concat over channels of two conv results and the (dense) graph input,
+#    then GroupNorm + SiLU and a conv. The Concat reads the conv results channels-last.
+x = randn(1, 4, 6, 6)
+inits = []
+w1, b1 = randn(8, 4, 3, 3, scale=0.3), randn(8, scale=0.1)
+w2, b2 = randn(8, 8, 3, 3, scale=0.2), randn(8, scale=0.1)
+w3, b3 = randn(4, 20, 3, 3, scale=0.1), randn(4, scale=0.1)
+inits += [("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3), ("b3", b3)]
+g1, ga1, be1 = gn_nodes("gn", "cat", "n", 4, 20, inits, [0, 20, 6, 6])
+nodes = ([helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+          helper.make_node("Conv", ["c1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+          helper.make_node("Concat", ["c1", "c2", "x"], ["cat"], axis=1)] + g1 +
+         silu_nodes("s", "n", "a") +
+         [helper.make_node("Conv", ["a", "w3", "b3"], ["y"], pads=[1, 1, 1, 1])])
+c1 = conv2d(x, w1, b1, 1)
+c2 = conv2d(c1, w2, b2, 1)
+r = silu(groupnorm(np.concatenate([c1, c2, x], axis=1), 4, ga1, be1))
+save("sd_cat", nodes, x, [("y", conv2d(r, w3, b3, 1))], inits)
