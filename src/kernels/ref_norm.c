@@ -624,7 +624,16 @@ GN_CLONES static void gn_chan_cl(const float *x, int64_t S, int64_t C, float *K,
         int64_t e = S - s0 < GN_RUN ? S : s0 + GN_RUN;
         for (int64_t c = 0; c < C; c++)
             p1[c] = p2[c] = 0;
-        for (int64_t s = s0; s < e; s++) {
+        int64_t s = s0;
+        for (; s + 4 <= e; s += 4) {   /* four pixels per update of p1, p2 */
+            const float *x0 = x + s * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+            for (int64_t c = 0; c < C; c++) {
+                float d0 = x0[c] - K[c], d1 = x1[c] - K[c], d2 = x2[c] - K[c], d3 = x3[c] - K[c];
+                p1[c] += (d0 + d1) + (d2 + d3);
+                p2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            }
+        }
+        for (; s < e; s++) {
             const float *xs = x + s * C;
             for (int64_t c = 0; c < C; c++) {
                 float d = xs[c] - K[c];
