@@ -568,15 +568,16 @@ static void gn_act(float *y, int64_t n, int act)
 }
 
 /* y = x * a + b over n contiguous values (one channel, dense). */
-GN_CLONES static void gn_affine1(const float *x, float *y, int64_t n, float a, float b)
+GN_CLONES static void gn_affine1(const float *restrict x, float *restrict y, int64_t n, float a,
+                                 float b)
 {
     for (int64_t j = 0; j < n; j++)
         y[j] = x[j] * a + b;
 }
 
 /* y[s][c] = x[s][c] * a[c] + b[c] over ns pixels of C channels (channels-last). */
-GN_CLONES static void gn_affine_cl(const float *x, float *y, int64_t ns, int64_t C,
-                                   const float *a, const float *b)
+GN_CLONES static void gn_affine_cl(const float *restrict x, float *restrict y, int64_t ns,
+                                   int64_t C, const float *restrict a, const float *restrict b)
 {
     for (int64_t s = 0; s < ns; s++)
         for (int64_t c = 0; c < C; c++)
@@ -613,8 +614,9 @@ GN_CLONES static void gn_chan_dense(const float *x, int64_t S, float K, double *
 
 /* Every channel of one image stored channels-last (S x C): shifted sums per channel, the
  * shifts K being the first pixel. p1, p2: C floats of scratch. */
-GN_CLONES static void gn_chan_cl(const float *x, int64_t S, int64_t C, float *K, float *p1,
-                                 float *p2, double *s1, double *s2)
+GN_CLONES static void gn_chan_cl(const float *restrict x, int64_t S, int64_t C,
+                                 float *restrict K, float *restrict p1, float *restrict p2,
+                                 double *restrict s1, double *restrict s2)
 {
     for (int64_t c = 0; c < C; c++) {
         K[c] = x[c];
