@@ -5,7 +5,8 @@
  * Reshape -> Mul -> Add) becomes one GroupNorm, Sigmoid -> Mul becomes SiLU, SiLU after a
  * GroupNorm runs inside it and after a Conv as its post-op; the GroupNorms and the nearest
  * Resize between convolutions keep their tensors channels-last (no reorder per conv).
- * Intermediates used twice are not fused. Every output is checked against an unfused
+ * A time-embedding operand computed after its conv moves before it and becomes the conv's
+ * post-op. Intermediates used twice are not fused. Every output is checked against an unfused
  * float64 numpy reference (max |got - ref| <= 1e-5 * max |ref|), also after save/load.
  */
 #include "testutil.h"
@@ -213,6 +214,25 @@ static void test_concat(void)
     free(x.data);
 }
 
+static void test_temb(void)
+{
+    kiln_tensor x;
+    kiln_model *m = trace_and_check("sd_temb", &x, 1);
+    if (!m)
+        return;
+    const kp_program *p = m->prog;
+    /* ReduceMean, SiLU, MatMul, then the conv with the Add as its broadcast post-op */
+    CHECK(p->n_ops == 4 && count_kind(p, KP_BINARY) == 0 && count_kind(p, KP_CONV) == 1);
+    const kp_op *conv = &p->ops[p->n_ops - 1];
+    if (CHECK(conv->kind == KP_CONV)) {
+        const int64_t *ia = kp_op_ia(p, conv);
+        int base = 2 + 4 * (int)ia[1];
+        CHECK(ia[base] == 1 && ia[base + 1] == KP_POST_BINARY && ia[base + 2] == KP_B_ADD);
+    }
+    kiln_model_free(m);
+    free(x.data);
+}
+
 int main(void)
 {
     dir = getenv("KILN_SDFUSE_MODELS");
@@ -224,5 +244,6 @@ int main(void)
     test_shared();
     test_norm_twice();
     test_concat();
+    test_temb();
     return test_done("test_sdfuse");
 }

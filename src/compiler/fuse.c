@@ -242,6 +242,9 @@ static kiln_status fuse_one(fuse_state *f, uint32_t pi, bool *fused)
  *                                     GroupNorm export)
  *   Sigmoid(x) -> Mul(x, that)        KP_UNARY KP_U_SILU (torch's SiLU export)
  *   GroupNorm -> SiLU                 the GroupNorm's fused activation (ia[1])
+ *   Conv -> Binary(y, t) with t computed after the Conv but not from it (a UNet's
+ *                                     time embedding): t's ops move before the Conv, so
+ *                                     the Binary becomes its post-op below
  *
  * Same rules as above: an intermediate is fused away only when one op reads it (through
  * any alias), it is not a graph output and nothing else aliases it. Fused-away ops get
@@ -256,6 +259,7 @@ typedef struct nfuse {
     int32_t  *rcons;      /* per storage root: the last op reading any value of it */
     uint32_t *nalias;     /* per storage root: values sharing it besides the root */
     uint8_t  *out;        /* per storage root: some value of it is a graph output */
+    int32_t  *nprod;      /* per value: the op writing it, -1 for inputs and constants */
 } nfuse;
 
 static void nfuse_free(nfuse *n)
@@ -265,6 +269,7 @@ static void nfuse_free(nfuse *n)
     kiln__free(n->rcons);
     kiln__free(n->nalias);
     kiln__free(n->out);
+    kiln__free(n->nprod);
 }
 
 static kiln_status nfuse_count(nfuse *n, kc_ctx *c, const uint32_t *outputs)
@@ -279,10 +284,11 @@ static kiln_status nfuse_count(nfuse *n, kc_ctx *c, const uint32_t *outputs)
     n->rcons = kiln__malloc((nv + 1) * sizeof *n->rcons);
     n->nalias = kiln__calloc(nv + 1, sizeof *n->nalias);
     n->out = kiln__calloc(nv + 1, 1);
-    if (!n->uses || !n->ruses || !n->rcons || !n->nalias || !n->out)
+    n->nprod = kiln__malloc((nv + 1) * sizeof *n->nprod);
+    if (!n->uses || !n->ruses || !n->rcons || !n->nalias || !n->out || !n->nprod)
         return kiln__fail(KILN_ERR_NOMEM, "out of memory fusing normalisations");
     for (uint32_t v = 0; v < nv; v++) {
-        n->rcons[v] = -1;
+        n->rcons[v] = n->nprod[v] = -1;
         if (c->root[v] != (int32_t)v)
             n->nalias[c->root[v]]++;
     }
@@ -300,6 +306,9 @@ static kiln_status nfuse_count(nfuse *n, kc_ctx *c, const uint32_t *outputs)
             n->ruses[c->root[v]]++;
             n->rcons[c->root[v]] = (int32_t)i;
         }
+        for (int k = 0; k < op->n_out; k++)
+            if (kp_op_out(p, op)[k] >= 0)
+                n->nprod[kp_op_out(p, op)[k]] = (int32_t)i;
     }
     return KILN_OK;
 }
@@ -527,18 +536,104 @@ static kiln_status fuse_groupnorm_act(nfuse *n, uint32_t gi, bool *done)
     return KILN_OK;
 }
 
-/* The three patterns above, in that order, each over the whole program. */
+/* Op q is a Binary of op pi's result y (a Conv/ConvTranspose/MatMul result read by q
+ * alone) and an operand computed after pi by ops that do not depend on pi (a UNet's
+ * time-embedding projection, computed after the conv it is added to): moves those ops
+ * (their order kept) before pi, so the post-op fusion finds the operand ready. */
+static kiln_status hoist_operand(nfuse *n, uint32_t qi, bool *done)
+{
+    enum { MAX_HOIST = 8 };
+    kc_ctx *c = n->c;
+    kp_program *p = &c->p;
+    const kp_op *q = &p->ops[qi];
+    *done = false;
+    if (q->n_in != 2 || q->n_out != 1)
+        return KILN_OK;
+    for (int side = 0; side < 2; side++) {
+        int y = kp_op_in(p, q)[side], o = kp_op_in(p, q)[1 - side];
+        if (y < 0 || o < 0 || y == o || sole_reader(n, y) != (int32_t)qi || n->nprod[y] < 0)
+            continue;
+        int32_t pi = n->nprod[y];
+        int pk = p->ops[pi].kind;
+        int32_t j = n->nprod[c->root[o]];
+        if ((pk != KP_CONV && pk != KP_CONV_TRANSPOSE && pk != KP_MATMUL) || j <= pi || j >= (int32_t)qi)
+            continue;
+        /* the ops in (pi, j] that o depends on, none of them on pi's or later results
+         * outside that set */
+        int32_t set[MAX_HOIST];
+        int ns = 0;
+        bool ok = true;
+        set[ns++] = j;
+        for (int a = 0; a < ns && ok; a++) {
+            const kp_op *op = &p->ops[set[a]];
+            for (int k = 0; k < op->n_in && ok; k++) {
+                int v = kp_op_in(p, op)[k];
+                if (v < 0)
+                    continue;
+                int32_t pv = n->nprod[c->root[v]];
+                if (pv < pi)
+                    continue;           /* ready before pi (or not written by an op) */
+                if (pv == pi) {
+                    ok = false;
+                    break;
+                }
+                bool seen = false;
+                for (int b = 0; b < ns; b++)
+                    seen |= set[b] == pv;
+                if (!seen) {
+                    if (ns == MAX_HOIST)
+                        ok = false;
+                    else
+                        set[ns++] = pv;
+                }
+            }
+        }
+        if (!ok)
+            continue;
+        /* the new order of ops pi..j: the set (in program order), pi, the rest */
+        uint32_t len = (uint32_t)(j - pi + 1);
+        kp_op *tmp = kiln__malloc(sizeof *tmp * len);
+        if (!tmp)
+            return kiln__fail(KILN_ERR_NOMEM, "out of memory fusing ops");
+        uint32_t at = 0;
+        for (int32_t k = pi + 1; k <= j; k++)
+            for (int b = 0; b < ns; b++)
+                if (set[b] == k)
+                    tmp[at++] = p->ops[k];
+        tmp[at++] = p->ops[pi];
+        for (int32_t k = pi + 1; k <= j; k++) {
+            bool in_set = false;
+            for (int b = 0; b < ns; b++)
+                in_set |= set[b] == k;
+            if (!in_set)
+                tmp[at++] = p->ops[k];
+        }
+        memcpy(&p->ops[pi], tmp, sizeof *tmp * len);
+        kiln__free(tmp);
+        *done = true;
+        return KILN_OK;
+    }
+    return KILN_OK;
+}
+
+/* The patterns above, in that order, each over the whole program. */
 static kiln_status fuse_norm_act(kc_ctx *c, const uint32_t *outputs)
 {
     nfuse n = { 0 };
     kiln_status s = KILN_OK;
-    for (int pass = 0; pass < 3 && s == KILN_OK; pass++) {
+    for (int pass = 0; pass < 4 && s == KILN_OK; pass++) {
         if ((s = nfuse_count(&n, c, outputs)) != KILN_OK)
             break;
         uint32_t n_ops = c->p.n_ops;
         for (uint32_t i = 0; i < n_ops && s == KILN_OK; i++) {
             const kp_op *op = &c->p.ops[i];
             bool done = false;
+            if (pass == 3 && op->kind == KP_BINARY) {
+                /* ops move: count again before the next one */
+                if ((s = hoist_operand(&n, i, &done)) == KILN_OK && done)
+                    s = nfuse_count(&n, c, outputs);
+                continue;
+            }
             if (pass == 0 && op->kind == KP_GROUPNORM)
                 s = fuse_groupnorm_view(&n, i, &done);
             else if (pass == 1 && op->kind == KP_UNARY && op->sub == KP_U_SIGMOID)
@@ -595,6 +690,10 @@ kiln_status kc__fuse(kc_ctx *c, const uint32_t *outputs)
                 f.producer[v] = (int32_t)i;
         }
     }
+    /* a view (alias) is written when its storage root is */
+    for (uint32_t v = 0; v < nv; v++)
+        if (c->root[v] != (int32_t)v)
+            f.producer[v] = f.producer[c->root[v]];
     uint32_t n_ops = p->n_ops; /* rewrite_op appends then pops: n_ops stays */
     for (uint32_t i = 0; i < n_ops && s == KILN_OK; i++) {
         int kind = p->ops[i].kind;

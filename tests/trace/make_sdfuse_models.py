@@ -147,3 +147,19 @@ c1 = conv2d(x, w1, b1, 1)
 c2 = conv2d(c1, w2, b2, 1)
 r = silu(groupnorm(np.concatenate([c1, c2, x], axis=1), 4, ga1, be1))
 save("sd_cat", nodes, x, [("y", conv2d(r, w3, b3, 1))], inits)
+
+# 5. A ResBlock's time embedding: conv(x) + Unsqueeze(MatMul(SiLU(mean of x)))[..., None, None],
+#    the projection computed after the conv (as torch orders it). Its ops move before the
+#    conv, and the Add becomes the conv's post-op.
+x = randn(1, 4, 6, 6)
+w1, b1 = randn(8, 4, 3, 3, scale=0.3), randn(8, scale=0.1)
+wt = randn(4, 8, scale=0.5)
+inits = [("w1", w1), ("b1", b1), ("wt", wt), ("ax", np.array([2, 3], np.int64))]
+nodes = ([helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+          helper.make_node("ReduceMean", ["x"], ["t0"], axes=[2, 3], keepdims=0)] +
+         silu_nodes("st", "t0", "t1") +
+         [helper.make_node("MatMul", ["t1", "wt"], ["t2"]),
+          helper.make_node("Unsqueeze", ["t2", "ax"], ["t3"]),
+          helper.make_node("Add", ["c1", "t3"], ["y"])])
+t = silu(x.astype(np.float64).mean(axis=(2, 3))) @ wt
+save("sd_temb", nodes, x, [("y", conv2d(x, w1, b1, 1) + t[:, :, None, None])], inits)
