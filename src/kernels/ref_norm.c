@@ -519,8 +519,18 @@ typedef struct gn_k {
 enum { GN_RUN = 64, GN_LANES = 16 };
 
 /* The hot loops below are compiled for AVX-512 and AVX2 too and picked at load time
- * (GCC/Clang function multi-versioning) where the toolchain offers it. */
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 8)
+ * (GCC/Clang function multi-versioning) where the toolchain offers it; not under the
+ * sanitizers (an instrumented ifunc resolver runs before their runtime is up: TSan
+ * crashes at relocation). */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define GN_NO_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define GN_NO_CLONES 1
+#endif
+#endif
+#if !defined(GN_NO_CLONES) && defined(__x86_64__) && defined(__ELF__) &&                    \
+    (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 8)
 #define GN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define GN_CLONES
