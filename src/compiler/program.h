@@ -56,8 +56,9 @@ typedef enum kp_op_kind {
      * fa: epsilon. */
     KP_BATCHNORM,
     /* in: X (N x C x ...), scale, B. out: Y. Normalises each (n, group) over its channels
-     * and spatial dims. ia: num_groups (C for InstanceNormalization). fa: epsilon.
-     * scale and B have C elements. */
+     * and spatial dims. ia: num_groups (C for InstanceNormalization)[, activation].
+     * fa: epsilon. scale and B have C elements. activation (optional, absent in older
+     * artifacts: none): a kp_unary applied to Y, KP_U_IDENTITY or KP_U_SILU (fused). */
     KP_GROUPNORM,
     /* in: data, indices (i32 or i64, negative counts from the end). out: Y. ia: axis. */
     KP_GATHER,

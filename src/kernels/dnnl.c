@@ -7,7 +7,8 @@
  * byte format of a packed-layout descriptor (kp_value.layout).
  *
  * Activations are dense C order (nchw, ab, ...) f32 as the rest of kiln sees them; only
- * between oneDNN convolutions and poolings are they kept nhwc (see kd_plan_layouts).
+ * between oneDNN convolutions and poolings (and the reference GroupNorm, nearest Resize
+ * and channel Concat between them) are they kept nhwc (see kd_plan_layouts).
  * Convolutions run channels-last inside (brgemm kernels), reordering whatever meets them
  * dense.
  *
@@ -775,7 +776,10 @@ bool kd_supports(const kp_program *p, uint32_t i)
  * that only oneDNN kernels ever touch may be stored in whatever order they agree on: one
  * that a convolution or pooling writes and only convolutions and poolings read (as their
  * input, or as a convolution's sum operand) is stored nhwc, so a chain of them runs with
- * no reorders between its links. The rule is a function of the program alone, so the
+ * no reorders between its links. The few reference kernels that work channels-last too
+ * (kr_cl_inputs: the f32 GroupNorm, nearest Resize, Concat over channels) count as such
+ * links for their output 0 and their first kr_cl_inputs inputs, so a UNet's conv ->
+ * GroupNorm -> conv -> Resize -> Concat -> conv stays nhwc. The rule is a function of the program alone, so the
  * kernel that writes such a value and every kernel that reads it agree without talking.
  * Graph inputs and outputs, values nothing reads (a result being folded at trace time),
  * and values a free reshape (a value no op produces, sharing the storage) reads, stay
@@ -914,6 +918,9 @@ kiln_status kd_plan_layouts(const kp_program *p, uint8_t *cl)
         bool dnnl_cl = asked &&
                        (op->kind == KP_CONV || op->kind == KP_POOL || op->kind == KP_GLOBAL_POOL) &&
                        plan_op(p, j, &pl) && !pl.extended;
+        /* a reference kernel that reads its first ref_cl inputs and writes its output 0
+         * either way */
+        int ref_cl = asked && !dnnl_cl ? kr_cl_inputs(p, j) : 0;
         for (int k = 0; k < op->n_out; k++) {
             int v = out[k];
             if (v < 0 || (uint32_t)v >= nv)
@@ -922,7 +929,7 @@ kiln_status kd_plan_layouts(const kp_program *p, uint8_t *cl)
                 sc.prod[v] = (int32_t)j;
             if (sc.nprod[v] < 2)
                 sc.nprod[v]++;
-            if (cl[v] && !(dnnl_cl && pl.y == v))
+            if (cl[v] && !(dnnl_cl && pl.y == v) && !(ref_cl > 0 && k == 0))
                 cl[v] = 0;
         }
         for (int k = 0; k < op->n_in; k++) {
@@ -931,7 +938,7 @@ kiln_status kd_plan_layouts(const kp_program *p, uint8_t *cl)
                 continue;
             if (sc.first[v] < 0)
                 sc.first[v] = (int32_t)j;
-            if (cl[v] && !(dnnl_cl && reads_cl(&pl, v)))
+            if (cl[v] && !(dnnl_cl && reads_cl(&pl, v)) && k >= ref_cl)
                 cl[v] = 0;
         }
     }

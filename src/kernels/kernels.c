@@ -203,6 +203,30 @@ fail:
     return st;
 }
 
+/* A reference kernel that may meet channels-last activations (kr_cl_inputs): the plan
+ * says how its values are stored, or without one kd_plan_layouts asked about this op's
+ * values alone. */
+static kiln_status create_ref_cl(const kk_plan *plan, const kp_program *p, uint32_t i,
+                                 void *const *ptr, int n_cl, kk_kernel **out)
+{
+    if (plan)
+        return kr_create_cl(p, i, ptr, plan->cl, out);
+    const kp_op *op = &p->ops[i];
+    uint8_t *cl = kiln__calloc(p->n_values ? p->n_values : 1, 1);
+    if (!cl)
+        return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory planning op %u", i);
+    for (int k = 0; k < n_cl && k < op->n_in; k++)
+        if (kp_op_in(p, op)[k] >= 0)
+            cl[kp_op_in(p, op)[k]] = 1;
+    if (kp_op_out(p, op)[0] >= 0)
+        cl[kp_op_out(p, op)[0]] = 1;
+    kiln_status st = kd_plan_layouts(p, cl);
+    if (st == KILN_OK)
+        st = kr_create_cl(p, i, ptr, cl, out);
+    kiln__free(cl);
+    return st;
+}
+
 static kiln_status create(kk_core *c, const kk_plan *plan, const kp_program *p, uint32_t i,
                           void *const *ptr, kk_kernel **out, uint64_t *copied)
 {
@@ -219,6 +243,9 @@ static kiln_status create(kk_core *c, const kk_plan *plan, const kp_program *p, 
             return st;
         kiln__clear_error();   /* oneDNN declined these shapes: the reference runs it */
     }
+    int n_cl = kr_cl_inputs(p, i);
+    if (n_cl > 0)
+        return create_ref_cl(plan, p, i, ptr, n_cl, out);
     return create_ref(p, i, ptr, out, copied);
 }
 

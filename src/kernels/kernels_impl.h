@@ -28,6 +28,15 @@ KILN_INTERNAL kiln_status kr_check(const kp_program *p, uint32_t i);
  * (kk_create unpacks a packed weight before handing it to a reference kernel). */
 KILN_INTERNAL kiln_status kr_create(const kp_program *p, uint32_t i, void *const *ptr,
                                     kk_kernel **out);
+/* Reference kernels that also work on channels-last activations (ref_layout.c: f32
+ * GroupNorm, nearest Resize, Concat over channels): how many of op i's leading inputs its
+ * kernel can read stored channels-last, in which case it can write its output 0 so too;
+ * 0 for every other op. The layout planner (kd_plan_layouts) counts on it. */
+KILN_INTERNAL int         kr_cl_inputs(const kp_program *p, uint32_t i);
+/* kr_create for such an op, told how its values are stored: cl[v] != 0 for each value v
+ * stored channels-last (indexed by value id, as kk_plan.cl). */
+KILN_INTERNAL kiln_status kr_create_cl(const kp_program *p, uint32_t i, void *const *ptr,
+                                       const uint8_t *cl, kk_kernel **out);
 
 /* ---- oneDNN kernels (dnnl.c) ---- */
 /* Whether op i runs on oneDNN on this machine (f32 conv, matmul, pooling, ...). */

@@ -277,4 +277,11 @@ KR_KIND(cumsum)
 KR_KIND(resize)
 #undef KR_KIND
 
+/* Channels-last support (ref_layout.c dispatches kr_cl_inputs / kr_create_cl to these):
+ * whether op i (a checked KP_RESIZE) can run channels-last, and re-pointing kernels made
+ * by kr_create_resize / kr_create_groupnorm (f32) at X / Y stored channels-last. */
+KILN_INTERNAL bool kr_resize_takes_cl(const kp_program *p, uint32_t i);
+KILN_INTERNAL kiln_status kr_resize_set_cl(kk_kernel *k, const kr_op *o, bool x_cl, bool y_cl);
+KILN_INTERNAL void kr_groupnorm_set_cl(kk_kernel *k, bool x_cl, bool y_cl);
+
 #endif

@@ -2,7 +2,10 @@
  * ref_norm.c — reference kernels for the normalising op kinds (f32, f64): Softmax and
  * LogSoftmax over one axis (max-subtracted), LayerNormalization (with the optional Mean
  * and InvStdDev outputs), inference BatchNormalization and GroupNormalization (which
- * also serves InstanceNormalization). Statistics are accumulated in double.
+ * also serves InstanceNormalization; with an optional fused SiLU). Statistics are
+ * accumulated in double. The f32 GroupNorm also works on channels-last activations
+ * (kr_groupnorm_set_cl, see ref_layout.c): the layout planner keeps the tensors between
+ * convolutions nhwc through it.
  */
 #include "kernels/ref.h"
 
@@ -335,6 +338,7 @@ kiln_status kr_create_layernorm(const kr_op *o, void *const *ptr, kk_kernel **ou
 typedef struct chnorm_k {
     kk_kernel base;
     bool group;                     /* GroupNorm: statistics from the data */
+    int act;                        /* GroupNorm's fused activation (kp_unary) */
     int dt, pdt[4];                 /* X's dtype; dtypes of scale, B, mean, var */
     float eps;
     int64_t N, C, S, G;
@@ -398,6 +402,12 @@ static kiln_status chnorm_run(kk_kernel *kk)
                     apply_f32((const float *)(x + at), (float *)(y + at), S, a, b);
                 else
                     apply_f64((const double *)(x + at), (double *)(y + at), S, a, b);
+                if (k->act == KP_U_SILU && k->dt == KILN_F32)
+                    for (float *v = (float *)(y + at), *e = v + S; v < e; v++)
+                        *v = *v / (1.0f + expf(-*v));
+                else if (k->act == KP_U_SILU)
+                    for (double *v = (double *)(y + at), *e = v + S; v < e; v++)
+                        *v = *v / (1.0 + exp(-*v));
             }
         }
     }
@@ -441,9 +451,12 @@ kiln_status kr_check_batchnorm(const kr_op *o) { return check_chnorm(o, 4, 0); }
 
 kiln_status kr_check_groupnorm(const kr_op *o)
 {
-    kiln_status s = check_chnorm(o, 2, 1);
+    /* ia: num_groups[, activation (KP_U_IDENTITY or KP_U_SILU, fused by the compiler)] */
+    kiln_status s = check_chnorm(o, 2, o->op->n_ia == 2 ? 2 : 1);
     if (s != KILN_OK)
         return s;
+    if (o->op->n_ia == 2 && o->ia[1] != KP_U_IDENTITY && o->ia[1] != KP_U_SILU)
+        return kr_bad(o, "fused activation %lld not supported", (long long)o->ia[1]);
     int64_t g = o->ia[0], c = kr_in(o, 0)->shape[1];
     if (g < 1 || c % g != 0)
         return kr_bad(o, "%lld groups do not divide %lld channels", (long long)g, (long long)c);
@@ -464,6 +477,7 @@ static kiln_status create_chnorm(const kr_op *o, void *const *ptr, bool group, k
     k->C = x->shape[1];
     k->S = kr_prod(x->shape, 2, x->ndim);
     k->G = group ? o->ia[0] : 1;
+    k->act = group && o->op->n_ia > 1 ? (int)o->ia[1] : KP_U_IDENTITY;
     k->x = ptr[o->in[0]];
     k->y = ptr[o->out[0]];
     for (int i = 0; i < (group ? 2 : 4); i++) {
@@ -480,6 +494,282 @@ static kiln_status create_chnorm(const kr_op *o, void *const *ptr, bool group, k
     return KILN_OK;
 }
 
+/* ============================ GroupNorm, f32 (dense or channels-last) ============================ */
+
+/* Statistics of each channel in one sweep, shifted by the channel's first element (so the
+ * sums of squares do not cancel): s1 = sum(x - K), s2 = sum((x - K)^2), accumulated in
+ * float lanes over short runs and in double across runs. The group's mean and variance
+ * then come exactly from the per-channel sums (x - m = (x - K) + (K - m)). Then one sweep
+ * writes y = act(x * a[c] + b[c]). Works on N x C x S stored dense (nchw) or channels-last
+ * (nhwc: S x C per image), input and output each either way. */
+typedef struct gn_k {
+    kk_kernel base;
+    int64_t N, C, S, G;
+    float eps;
+    int act;                        /* KP_U_IDENTITY or KP_U_SILU */
+    bool x_cl, y_cl;                /* stored channels-last */
+    int pdt[2];                     /* dtypes of scale, B */
+    const float *x;
+    const void *prm[2];             /* scale, B */
+    float *y;
+    float *a, *b, *k, *p1, *p2;     /* C each */
+    double *s1, *s2;                /* C each */
+} gn_k;
+
+enum { GN_RUN = 64, GN_LANES = 16 };
+
+/* The hot loops below are compiled for AVX-512 and AVX2 too and picked at load time
+ * (GCC/Clang function multi-versioning) where the toolchain offers it; not under the
+ * sanitizers (an instrumented ifunc resolver runs before their runtime is up: TSan
+ * crashes at relocation). */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define GN_NO_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define GN_NO_CLONES 1
+#endif
+#endif
+#if !defined(GN_NO_CLONES) && defined(__x86_64__) && defined(__ELF__) &&                    \
+    (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 8)
+#define GN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GN_CLONES
+#endif
+
+/* y = x * sigmoid(x) in place, 16 at a time (GCC/Clang vector extensions), exp by range
+ * reduction and a degree-6 polynomial (relative error of the result about 2e-7; -x
+ * clamped to +-88 first). */
+typedef float gn_vf __attribute__((vector_size(64)));
+typedef int32_t gn_vi __attribute__((vector_size(64)));
+enum { GN_VW = (int)(sizeof(gn_vf) / sizeof(float)) };
+
+GN_CLONES static void gn_silu(float *y, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + GN_VW <= n; j += GN_VW) {
+        gn_vf v, hi = (gn_vf){ 0 } + 88.0f, lo = -hi, magic = (gn_vf){ 0 } + 12582912.0f;
+        memcpy(&v, y + j, sizeof v);
+        gn_vf t = -v;
+        gn_vi m = t > hi;
+        t = (gn_vf)(((gn_vi)t & ~m) | ((gn_vi)hi & m));
+        m = t < lo;
+        t = (gn_vf)(((gn_vi)t & ~m) | ((gn_vi)lo & m));
+        gn_vf r0 = t * 1.44269504088896341f + magic;    /* 1.5 * 2^23: rounds t / ln 2 */
+        gn_vf nn = r0 - magic;
+        gn_vf scale = (gn_vf)((((gn_vi)r0) - (0x4B400000 - 127)) << 23);   /* 2^nn */
+        gn_vf r = t - nn * 0.693359375f + nn * 2.12194440e-4f;
+        gn_vf q = r * 1.9875691500e-4f + 1.3981999507e-3f;
+        q = q * r + 8.3334519073e-3f;
+        q = q * r + 4.1665795894e-2f;
+        q = q * r + 1.6666665459e-1f;
+        q = q * r + 5.0000001201e-1f;
+        gn_vf e = (q * r * r + r + 1.0f) * scale;
+        v = v / (1.0f + e);
+        memcpy(y + j, &v, sizeof v);
+    }
+    for (; j < n; j++)
+        y[j] = y[j] / (1.0f + expf(-y[j]));
+}
+
+static void gn_act(float *y, int64_t n, int act)
+{
+    if (act == KP_U_SILU)
+        gn_silu(y, n);
+}
+
+/* y = x * a + b over n contiguous values (one channel, dense). */
+GN_CLONES static void gn_affine1(const float *restrict x, float *restrict y, int64_t n, float a,
+                                 float b)
+{
+    for (int64_t j = 0; j < n; j++)
+        y[j] = x[j] * a + b;
+}
+
+/* y[s][c] = x[s][c] * a[c] + b[c] over ns pixels of C channels (channels-last). */
+GN_CLONES static void gn_affine_cl(const float *restrict x, float *restrict y, int64_t ns,
+                                   int64_t C, const float *restrict a, const float *restrict b)
+{
+    for (int64_t s = 0; s < ns; s++)
+        for (int64_t c = 0; c < C; c++)
+            y[s * C + c] = x[s * C + c] * a[c] + b[c];
+}
+
+/* One channel stored contiguously (dense): shifted sums. */
+GN_CLONES static void gn_chan_dense(const float *x, int64_t S, float K, double *s1, double *s2)
+{
+    double t1 = 0, t2 = 0;
+    for (int64_t j0 = 0; j0 < S; j0 += GN_RUN * GN_LANES) {
+        int64_t e = S - j0 < GN_RUN * GN_LANES ? S : j0 + GN_RUN * GN_LANES;
+        float l1[GN_LANES] = { 0 }, l2[GN_LANES] = { 0 };
+        int64_t j = j0;
+        for (; j + GN_LANES <= e; j += GN_LANES)
+            for (int l = 0; l < GN_LANES; l++) {
+                float d = x[j + l] - K;
+                l1[l] += d;
+                l2[l] += d * d;
+            }
+        for (; j < e; j++) {
+            float d = x[j] - K;
+            l1[0] += d;
+            l2[0] += d * d;
+        }
+        for (int l = 0; l < GN_LANES; l++) {
+            t1 += l1[l];
+            t2 += l2[l];
+        }
+    }
+    *s1 = t1;
+    *s2 = t2;
+}
+
+/* Every channel of one image stored channels-last (S x C): shifted sums per channel, the
+ * shifts K being the first pixel. p1, p2: C floats of scratch. */
+GN_CLONES static void gn_chan_cl(const float *restrict x, int64_t S, int64_t C,
+                                 float *restrict K, float *restrict p1, float *restrict p2,
+                                 double *restrict s1, double *restrict s2)
+{
+    for (int64_t c = 0; c < C; c++) {
+        K[c] = x[c];
+        s1[c] = s2[c] = 0;
+    }
+    for (int64_t s0 = 0; s0 < S; s0 += GN_RUN) {
+        int64_t e = S - s0 < GN_RUN ? S : s0 + GN_RUN;
+        for (int64_t c = 0; c < C; c++)
+            p1[c] = p2[c] = 0;
+        int64_t s = s0;
+        for (; s + 4 <= e; s += 4) {   /* four pixels per update of p1, p2 */
+            const float *x0 = x + s * C, *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+            for (int64_t c = 0; c < C; c++) {
+                float d0 = x0[c] - K[c], d1 = x1[c] - K[c], d2 = x2[c] - K[c], d3 = x3[c] - K[c];
+                p1[c] += (d0 + d1) + (d2 + d3);
+                p2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+            }
+        }
+        for (; s < e; s++) {
+            const float *xs = x + s * C;
+            for (int64_t c = 0; c < C; c++) {
+                float d = xs[c] - K[c];
+                p1[c] += d;
+                p2[c] += d * d;
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            s1[c] += p1[c];
+            s2[c] += p2[c];
+        }
+    }
+}
+
+static kiln_status gn_run(kk_kernel *kk)
+{
+    gn_k *k = (gn_k *)kk;
+    const int64_t C = k->C, S = k->S, cg = C / k->G;
+    for (int64_t n = 0; n < k->N; n++) {
+        const float *x = k->x + n * C * S;
+        float *y = k->y + n * C * S;
+        /* per-channel shifted sums */
+        if (k->x_cl) {
+            gn_chan_cl(x, S, C, k->k, k->p1, k->p2, k->s1, k->s2);
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                k->k[c] = S ? x[c * S] : 0.0f;
+                gn_chan_dense(x + c * S, S, k->k[c], &k->s1[c], &k->s2[c]);
+            }
+        }
+        /* per group: mean, variance, then each channel's a and b */
+        for (int64_t c0 = 0; c0 < C; c0 += cg) {
+            double cnt = (double)(cg * S), sum = 0, sq = 0;
+            for (int64_t c = c0; c < c0 + cg; c++)
+                sum += k->s1[c] + (double)S * k->k[c];
+            double m = cnt > 0 ? sum / cnt : 0;
+            for (int64_t c = c0; c < c0 + cg; c++) {
+                double dk = (double)k->k[c] - m;
+                sq += k->s2[c] + 2 * dk * k->s1[c] + (double)S * dk * dk;
+            }
+            double var = cnt > 0 ? sq / cnt : 0;
+            double inv = 1.0 / sqrt((var > 0 ? var : 0) + (double)k->eps);
+            for (int64_t c = c0; c < c0 + cg; c++) {
+                double a = kr_load_f64(k->prm[0], k->pdt[0], c) * inv;
+                k->a[c] = (float)a;
+                k->b[c] = (float)(kr_load_f64(k->prm[1], k->pdt[1], c) - m * a);
+            }
+        }
+        const float *a = k->a, *b = k->b;
+        if (k->x_cl && k->y_cl) {
+            for (int64_t s0 = 0; s0 < S; s0 += GN_RUN) {
+                int64_t e = S - s0 < GN_RUN ? S : s0 + GN_RUN;
+                gn_affine_cl(x + s0 * C, y + s0 * C, e - s0, C, a, b);
+                gn_act(y + s0 * C, (e - s0) * C, k->act);
+            }
+        } else if (!k->x_cl && !k->y_cl) {
+            for (int64_t c = 0; c < C; c++) {
+                gn_affine1(x + c * S, y + c * S, S, a[c], b[c]);
+                gn_act(y + c * S, S, k->act);
+            }
+        } else {
+            /* one side channels-last, the other dense: walk the output in order */
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t s = 0; s < S; s++) {
+                    int64_t xi = k->x_cl ? s * C + c : c * S + s;
+                    int64_t yi = k->y_cl ? s * C + c : c * S + s;
+                    y[yi] = x[xi] * a[c] + b[c];
+                }
+            gn_act(y, C * S, k->act);
+        }
+    }
+    return KILN_OK;
+}
+
+static void gn_destroy(kk_kernel *kk)
+{
+    gn_k *k = (gn_k *)kk;
+    kiln__free(k->a);
+    kiln__free(k->s1);
+    kiln__free(k);
+}
+
+static kiln_status create_gn_f32(const kr_op *o, void *const *ptr, kk_kernel **out)
+{
+    gn_k *k = kr_kernel_new(o, sizeof *k, gn_run);
+    if (!k)
+        return KILN_ERR_NOMEM;
+    k->base.destroy = gn_destroy;
+    const kp_value *x = kr_in(o, 0);
+    k->N = x->shape[0];
+    k->C = x->shape[1];
+    k->S = kr_prod(x->shape, 2, x->ndim);
+    k->G = o->ia[0];
+    k->act = o->op->n_ia > 1 ? (int)o->ia[1] : KP_U_IDENTITY;
+    k->eps = o->fa[0];
+    k->x = ptr[o->in[0]];
+    k->y = ptr[o->out[0]];
+    for (int i = 0; i < 2; i++) {
+        k->prm[i] = ptr[o->in[1 + i]];
+        k->pdt[i] = kr_in(o, 1 + i)->dtype;
+    }
+    size_t C = (size_t)(k->C ? k->C : 1);
+    k->a = kiln__malloc(5 * C * sizeof(float));
+    k->s1 = kiln__malloc(2 * C * sizeof(double));
+    if (!k->a || !k->s1) {
+        gn_destroy(&k->base);
+        return kr_fail(o->p, o->index, KILN_ERR_NOMEM, "out of memory");
+    }
+    k->b = k->a + C;
+    k->k = k->a + 2 * C;
+    k->p1 = k->a + 3 * C;
+    k->p2 = k->a + 4 * C;
+    k->s2 = k->s1 + C;
+    *out = &k->base;
+    return KILN_OK;
+}
+
+void kr_groupnorm_set_cl(kk_kernel *kk, bool x_cl, bool y_cl)
+{
+    gn_k *k = (gn_k *)kk;
+    k->x_cl = x_cl;
+    k->y_cl = y_cl;
+}
+
 kiln_status kr_create_batchnorm(const kr_op *o, void *const *ptr, kk_kernel **out)
 {
     return create_chnorm(o, ptr, false, out);
@@ -487,5 +777,7 @@ kiln_status kr_create_batchnorm(const kr_op *o, void *const *ptr, kk_kernel **ou
 
 kiln_status kr_create_groupnorm(const kr_op *o, void *const *ptr, kk_kernel **out)
 {
+    if (kr_in(o, 0)->dtype == KILN_F32)
+        return create_gn_f32(o, ptr, out);
     return create_chnorm(o, ptr, true, out);
 }

@@ -7,7 +7,8 @@
  * Each output coordinate of each dim is mapped to input taps and weights at create time,
  * following the ONNX reference: the source coordinate x picks the n nearest input indices
  * (n = 2 linear, 4 cubic) of the edge-padded axis, weights come from the fractional part.
- * Nearest is one index-map copy; linear and cubic run one separable pass per resized dim
+ * Nearest is one index-map copy (also on f32 tensors stored channels-last, for the layout
+ * planner: see ref_layout.c); linear and cubic run one separable pass per resized dim
  * (through double intermediates), skipping dims whose mapping is the identity.
  */
 #include "kernels/ref.h"
@@ -233,6 +234,61 @@ kiln_status kr_check_resize(const kr_op *o)
     return KILN_OK;
 }
 
+/* The nearest index map, walking Y in its storage order. x_cl / y_cl: X / Y stored
+ * channels-last (N x spatial... x C) rather than dense. */
+static kiln_status nearest_map(resize_k *k, const kr_op *o, bool x_cl, bool y_cl)
+{
+    const kp_value *x = kr_in(o, 0), *y = kr_out(o, 0);
+    int coord = (int)o->ia[0], nmode = (int)o->ia[1], nd = y->ndim;
+    double A = o->fa[x->ndim], w[4];
+    int64_t xs[KILN_MAX_DIMS], yn[KILN_MAX_DIMS];
+    int perm[KILN_MAX_DIMS];        /* Y's storage order of its dims */
+    kr_strides(nd, x->shape, xs);
+    if (x_cl) {                     /* C innermost, then the spatial dims, then N */
+        int64_t st = 1;
+        xs[1] = st;
+        st *= x->shape[1];
+        for (int d = nd - 1; d >= 2; d--) {
+            xs[d] = st;
+            st *= x->shape[d];
+        }
+        xs[0] = st;
+    }
+    for (int j = 0; j < nd; j++)
+        perm[j] = !y_cl ? j : j == 0 ? 0 : j == nd - 1 ? 1 : j + 1;
+    for (int j = 0; j < nd; j++)
+        yn[j] = y->shape[perm[j]];
+    kr_map_free(&k->map);
+    kiln_status s = kr_map_alloc(&k->map, nd, yn, kr_esize(y->dtype));
+    if (s != KILN_OK)
+        return s;
+    for (int j = 0; j < nd; j++) {
+        int d = perm[j];
+        for (int64_t a = 0; a < y->shape[d]; a++) {
+            int64_t start = taps(k, coord, nmode, false, A, o->fa[d], x->shape[d], y->shape[d], a,
+                                 2, w);
+            k->map.off[j][a] = clampi(start + (w[1] != 0), x->shape[d]) * xs[d];
+        }
+    }
+    kr_map_finish(&k->map);
+    return KILN_OK;
+}
+
+bool kr_resize_takes_cl(const kp_program *p, uint32_t i)
+{
+    const kp_op *op = &p->ops[i];
+    const kp_value *x = &p->values[kp_op_in(p, op)[0]], *y = &p->values[kp_op_out(p, op)[0]];
+    return op->sub == KP_RESIZE_NEAREST && x->dtype == KILN_F32 && x->ndim >= 3 &&
+           y->ndim == x->ndim;
+}
+
+kiln_status kr_resize_set_cl(kk_kernel *kk, const kr_op *o, bool x_cl, bool y_cl)
+{
+    resize_k *k = (resize_k *)kk;
+    kiln_status s = nearest_map(k, o, x_cl, y_cl);
+    return s ? kr_fail(o->p, o->index, s, "out of memory") : KILN_OK;
+}
+
 kiln_status kr_create_resize(const kr_op *o, void *const *ptr, kk_kernel **out)
 {
     resize_k *k = kr_kernel_new(o, sizeof *k, resize_run);
@@ -254,18 +310,7 @@ kiln_status kr_create_resize(const kr_op *o, void *const *ptr, kk_kernel **out)
     int n = k->nearest ? 2 : o->op->sub == KP_RESIZE_LINEAR ? 2 : 4;
     double w[4];
     if (k->nearest) {
-        s = kr_map_alloc(&k->map, y->ndim, y->shape, kr_esize(y->dtype));
-        if (s == KILN_OK) {
-            int64_t xs[KILN_MAX_DIMS];
-            kr_strides(x->ndim, x->shape, xs);
-            for (int d = 0; d < y->ndim; d++)
-                for (int64_t a = 0; a < y->shape[d]; a++) {
-                    int64_t start = taps(k, coord, nmode, false, A, o->fa[d], x->shape[d],
-                                         y->shape[d], a, n, w);
-                    k->map.off[d][a] = clampi(start + (w[1] != 0), x->shape[d]) * xs[d];
-                }
-            kr_map_finish(&k->map);
-        }
+        s = nearest_map(k, o, false, false);
     } else {
         int64_t cur = k->n_x, biggest = 0;
         for (int d = 0; d < x->ndim && s == KILN_OK; d++) {
