@@ -107,7 +107,7 @@ void kd_core_fini(kk_core *c)
     if (!d)
         return;
     dnnl_stream_destroy(d->stream);
-    kiln__free(d->scratch);
+    kiln__big_free(d->scratch, d->scratch_bytes);
     kiln__free(d);
     c->dnnl = NULL;
 }
@@ -133,10 +133,10 @@ static kiln_status core_scratch(kd_core *d, size_t n)
     if (n <= d->scratch_bytes)
         return KILN_OK;
     size_t cap = (size_t)kiln__align_up(n, 4096);
-    void *b = kiln__aligned_alloc(4096, cap);
+    void *b = kiln__big_alloc(cap);
     if (!b)
         return kiln__fail(KILN_ERR_NOMEM, "kernels: out of memory for a %zu-byte scratchpad", n);
-    kiln__free(d->scratch);
+    kiln__big_free(d->scratch, d->scratch_bytes);
     d->scratch = b;
     d->scratch_bytes = cap;
     return KILN_OK;
