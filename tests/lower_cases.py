@@ -3,7 +3,8 @@
 out: opset 18 forms (GroupNormalization, Split num_outputs, Reduce axes inputs, Resize
 axes, Pad axes), the pre-13 Softmax coercion, 1-D and broadcast MatMul, Gemm on run-time
 operands, Einsum, pool ceil_mode windows, Dropout masks, constant graph outputs, scatters
-and gathers built from other ops, and models that must be refused (KILN_ERR_UNSUPPORTED,
+and gathers built from other ops, RNN/GRU/LSTM (run-time sequence_lens, peepholes,
+layout 1, activations), and models that must be refused (KILN_ERR_UNSUPPORTED,
 never a wrong answer).
 
     lower_cases.py KILN WORKDIR [FILTER]
@@ -457,6 +458,92 @@ def gather_nd_batch_dims():
                  {'x': x, 'i': i}, {'y': y})
 
 
+# ---- recurrent networks (unrolled over time) ----
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def rnn_ref(kind, x, w, r, b, seq, h0, c0=None, p=None, reverse=(False,), acts=None, lbr=0):
+    """ONNX RNN/GRU/LSTM over x [T, B, I] per direction; steps past sequence_lens keep the
+    state and give zeros. Returns Y [T, D, B, H], Y_h, Y_c."""
+    T, B, _ = x.shape
+    D, H = w.shape[0], r.shape[2]
+    G = {'rnn': 1, 'gru': 3, 'lstm': 4}[kind]
+    y = np.zeros((T, D, B, H), np.float32)
+    yh, yc = np.zeros((D, B, H), np.float32), np.zeros((D, B, H), np.float32)
+    for d in range(D):
+        f, g, hf = acts[d] if acts else (sigmoid, np.tanh, np.tanh)
+        h, c = h0[d].copy(), (c0[d].copy() if c0 is not None else None)
+        wb, rb = b[d, :G * H], b[d, G * H:]
+        for t in (range(T - 1, -1, -1) if reverse[d] else range(T)):
+            live = (t < seq)[:, None]
+            xw = x[t] @ w[d].T + wb
+            if kind == 'lstm':
+                q = xw + h @ r[d].T + rb
+                i, o, fg, cc = np.split(q, 4, axis=1)
+                pi, po, pf = np.split(p[d], 3)
+                i, fg = f(i + pi * c), f(fg + pf * c)
+                cn = fg * c + i * g(cc)
+                hn = f(o + po * cn) * hf(cn)
+                c = np.where(live, cn, c)
+            elif kind == 'gru':
+                xz, xr, xh = np.split(xw, 3, axis=1)
+                rz, rr, rh = np.split(r[d], 3, axis=0)
+                bz, br, bh = np.split(rb, 3)
+                z, rg = f(xz + h @ rz.T + bz), f(xr + h @ rr.T + br)
+                hh = g(xh + rg * (h @ rh.T + bh)) if lbr else g(xh + (rg * h) @ rh.T + bh)
+                hn = (1 - z) * hh + z * h
+            else:
+                hn = f(xw + h @ r[d].T + rb)
+            y[t, d] = np.where(live, hn, 0)
+            h = np.where(live, hn, h)
+        yh[d] = h
+        if c is not None:
+            yc[d] = c
+    return y, yh, yc
+
+
+@case
+def lstm_bidirectional_seq_lens_peepholes():
+    T, B, I, H = 5, 3, 4, 6
+    x, w, r, b = randn(T, B, I), randn(2, 4 * H, I) * 0.5, randn(2, 4 * H, H) * 0.5, randn(2, 8 * H)
+    h0, c0, p = randn(2, B, H), randn(2, B, H), randn(2, 3 * H)
+    seq = np.array([5, 2, 0], np.int32)
+    y, yh, yc = rnn_ref('lstm', x, w, r, b, seq, h0, c0, p, reverse=(False, True))
+    return model([helper.make_node('LSTM', ['x', 'w', 'r', 'b', 'seq', 'h0', 'c0', 'p'],
+                                   ['y', 'yh', 'yc'], hidden_size=H, direction='bidirectional')],
+                 {'x': x, 'seq': seq, 'h0': h0, 'c0': c0}, {'y': y, 'yh': yh, 'yc': yc},
+                 {'w': w, 'r': r, 'b': b, 'p': p})
+
+
+@case
+def gru_reverse_batchwise_activations():
+    T, B, I, H = 4, 2, 3, 5
+    x, w, r, b = randn(T, B, I), randn(1, 3 * H, I), randn(1, 3 * H, H), randn(1, 6 * H)
+    h0, seq = randn(1, B, H), np.array([3, 4], np.int64)
+    hsig = lambda v: np.clip(0.3 * v + 0.4, 0, 1)
+    lrelu = lambda v: np.where(v < 0, 0.2 * v, v)
+    y, yh, _ = rnn_ref('gru', x, w, r, b, seq, h0, reverse=(True,), acts=[(hsig, lrelu, None)])
+    return model([helper.make_node('GRU', ['x', 'w', 'r', 'b', 'seq', 'h0'], ['y', 'yh'],
+                                   hidden_size=H, direction='reverse', layout=1,
+                                   activations=['HardSigmoid', 'LeakyRelu'],
+                                   activation_alpha=[0.3, 0.2], activation_beta=[0.4])],
+                 {'x': x.transpose(1, 0, 2).copy(), 'seq': seq, 'h0': h0.transpose(1, 0, 2).copy()},
+                 {'y': y.transpose(2, 0, 1, 3).copy(), 'yh': yh.transpose(1, 0, 2).copy()},
+                 {'w': w, 'r': r, 'b': b}, opset=14)
+
+
+@case
+def gru_linear_before_reset_no_initial_state():
+    T, B, I, H = 3, 2, 4, 4
+    x, w, r, b = randn(T, B, I), randn(1, 3 * H, I), randn(1, 3 * H, H), randn(1, 6 * H)
+    y, yh, _ = rnn_ref('gru', x, w, r, b, np.full(B, T), np.zeros((1, B, H), np.float32), lbr=1)
+    return model([helper.make_node('GRU', ['x', 'w', 'r', 'b'], ['y', 'yh'], hidden_size=H,
+                                   linear_before_reset=1)],
+                 {'x': x}, {'y': y, 'yh': yh}, {'w': w, 'r': r, 'b': b})
+
+
 # ---- what must be refused ----
 
 def refuse(text):
@@ -499,6 +586,14 @@ def scatternd_add_runtime():
     x, u = randn(4, 3), randn(1, 3)
     return model([helper.make_node('ScatterND', ['x', 'i', 'u'], ['y'], reduction='add')],
                  {'x': x, 'u': u}, {'y': x}, {'i': np.array([[1]], np.int64)}, opset=16)
+
+
+@refuse("activation 'Swish'")
+def rnn_unknown_activation():
+    x, w, r = randn(2, 1, 3), randn(1, 4, 3), randn(1, 4, 4)
+    return model([helper.make_node('RNN', ['x', 'w', 'r'], ['y'], hidden_size=4,
+                                   activations=['Swish'])], {'x': x}, {'y': np.zeros((2, 1, 1, 4), np.float32)},
+                 {'w': w, 'r': r})
 
 
 @refuse('diagonal')

@@ -40,6 +40,9 @@ NOTES = {
     "ConstantOfShape": "the shape must be known at trace time",
     "OneHot": "depth must be known at trace time",
     "Reshape": "the shape must be known at trace time (as everything that decides a shape)",
+    "RNN": "unrolled over time at trace time (at most 4096 steps); sequence_lens may be given at run time",
+    "GRU": "as RNN; every linear_before_reset, layout and activation of the spec",
+    "LSTM": "as RNN; peepholes, input_forget and clip included",
     "GroupNormalization": "opset 18 form; torch 1.13 exports GroupNorm as InstanceNormalization on a reshape",
 }
 
@@ -74,7 +77,6 @@ NOT_IMPLEMENTED = [
     ("Quantised integer arithmetic",
      ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
       "QLinearMatMul", "ConvInteger", "MatMulInteger"]),
-    ("Recurrent networks", ["RNN", "GRU", "LSTM"]),
     ("Signal processing", ["DFT", "STFT", "MelWeightMatrix", "BlackmanWindow", "HammingWindow",
                            "HannWindow"]),
     ("Not implemented yet (no model kiln targets has needed them)",

@@ -136,5 +136,7 @@ KC_LOWER(kc_lower_scatter_nd);
 KC_LOWER(kc_lower_scatter_elements); /* Scatter, ScatterElements */
 KC_LOWER(kc_lower_gather_elements);
 KC_LOWER(kc_lower_gather_nd);
+/* lower_rnn.c */
+KC_LOWER(kc_lower_rnn);        /* RNN, GRU, LSTM */
 
 #endif

@@ -332,5 +332,7 @@ const kc_op_def kc_op_table[] = {
     {"ScatterND", kc_lower_scatter_nd}, {"ScatterElements", kc_lower_scatter_elements},
     {"Scatter", kc_lower_scatter_elements}, {"GatherElements", kc_lower_gather_elements},
     {"GatherND", kc_lower_gather_nd},
+    /* recurrent networks, unrolled over time (lower_rnn.c) */
+    {"RNN", kc_lower_rnn}, {"GRU", kc_lower_rnn}, {"LSTM", kc_lower_rnn},
     {NULL, NULL},
 };

@@ -36,6 +36,8 @@ The zoo (random seeded weights, opset 17, eval mode, constant folding on):
     vae            a diffusers-like VAE (encode to the mean, decode): GroupNorm/SiLU ResNet
                    blocks, single-head mid attention, asymmetric-pad downsampling, one
                    ConvTranspose2d and one nearest upsampling                          1x3x32x32
+    rnn_tagger     a sequence tagger: embedding, 2-layer bidirectional LSTM (exported as
+                   ONNX LSTM), a GRU over its output, a plain tanh RNN, a Linear head   ids 2x12
 
 For each it writes into OUTDIR:
     NAME.onnx           the model (torch.onnx.export, opset 17)
@@ -362,6 +364,27 @@ class VAELike(nn.Module):
         return self.dec_conv_out(F.silu(self.dec_norm_out(h)))
 
 
+# ---- recurrent tagger -----------------------------------------------------------------------
+
+class RNNTagger(nn.Module):
+    """Token ids [B, T] -> tag logits [B, T, tags]: torch exports each recurrent layer as one
+    ONNX LSTM/GRU/RNN node (bidirectional, stacked, batch_first)."""
+
+    def __init__(self, vocab=200, d=24, hidden=32, tags=9):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.lstm = nn.LSTM(d, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(2 * hidden, hidden, batch_first=True)
+        self.rnn = nn.RNN(hidden, hidden, batch_first=True, nonlinearity="tanh")
+        self.head = nn.Linear(hidden, tags)
+
+    def forward(self, ids):
+        y, _ = self.lstm(self.emb(ids))
+        y, _ = self.gru(y)
+        y, _ = self.rnn(y)
+        return self.head(y)
+
+
 # ---- the zoo ---------------------------------------------------------------------------------
 
 def tv(builder, **kw):
@@ -395,6 +418,7 @@ ZOO = {
              [("sample", (1, 4, 16, 16)), ("timestep", "timestep"), ("context", (1, 8, 32))],
              ["noise"]),
     "vae": (lambda: VAELike(), [("image", (1, 3, 32, 32))], ["reconstruction"]),
+    "rnn_tagger": (lambda: RNNTagger(), [("input_ids", ("ids", (2, 12), 200))], ["tags"]),
 }
 
 
