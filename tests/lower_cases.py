@@ -96,6 +96,15 @@ def layernorm_axis1_with_stats():
 
 
 @case
+def layernorm_scale_left_empty():
+    # torch 1.13 exports LayerNorm(elementwise_affine=False) at opset 17 so: Scale is ''
+    x, b = randn(2, 3, 4), randn(4)
+    y = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    return model([helper.make_node('LayerNormalization', ['x', '', 'b'], ['y'])],
+                 {'x': x}, {'y': y + b}, {'b': b})
+
+
+@case
 def instancenorm_runtime_scale():
     x, s, b = randn(1, 3, 5), randn(3), randn(3)
     y = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
