@@ -371,6 +371,24 @@ def range_float_is_constant_output():
 
 
 @case
+def nonzero_of_constant_arange_opset9():
+    # torch exports arange at opsets 9-10 as NonZero(ConstantOfShape(n)), transposed, squeezed
+    x = randn(2, 5)
+    ones = helper.make_tensor('v', TensorProto.INT64, [1], [1])
+    return model([helper.make_node('ConstantOfShape', ['n'], ['o'], value=ones),
+                  helper.make_node('NonZero', ['o'], ['nz']),
+                  helper.make_node('Transpose', ['nz'], ['t'], perm=[1, 0]),
+                  helper.make_node('Squeeze', ['t'], ['r'], axes=[1]),
+                  helper.make_node('Cast', ['r'], ['rf'], to=TensorProto.FLOAT),
+                  helper.make_node('Add', ['x', 'rf'], ['y']),
+                  helper.make_node('NonZero', ['m'], ['nzm'])],
+                 {'x': x}, {'y': x + np.arange(5, dtype=np.float32),
+                            'nzm': np.array(np.nonzero(np.array([[0, -0.0, 2], [np.nan, 0, 1]]))).astype(np.int64)},
+                 {'n': np.array([5], np.int64),
+                  'm': np.array([[0, -0.0, 2], [np.nan, 0, 1]], np.float32)}, opset=9)
+
+
+@case
 def gather_negative_const_indices():
     x, i = randn(3, 5), np.array([[-1, 0], [2, -5]], np.int64)
     return model([helper.make_node('Gather', ['x', 'i'], ['y'], axis=1)], {'x': x},
@@ -566,6 +584,13 @@ def refuse(text):
 def reshape_runtime_shape():
     x, s = randn(2, 3), np.array([3, 2], np.int64)
     return model([helper.make_node('Reshape', ['x', 's'], ['y'])], {'x': x, 's': s}, {'y': x})
+
+
+@refuse("must be known at trace time")
+def nonzero_runtime():
+    x = randn(2, 3)
+    return model([helper.make_node('NonZero', ['x'], ['y'])], {'x': x},
+                 {'y': np.array(np.nonzero(x), np.int64)})
 
 
 @refuse('training_mode')

@@ -40,6 +40,8 @@ NOTES = {
     "ConstantOfShape": "the shape must be known at trace time",
     "OneHot": "depth must be known at trace time",
     "Reshape": "the shape must be known at trace time (as everything that decides a shape)",
+    "NonZero": "only of a tensor known at trace time (torch exports arange at opsets 9-10 so); "
+               "on run-time data the output shape would depend on the data",
     "RNN": "unrolled over time at trace time (at most 4096 steps); sequence_lens may be given at run time",
     "GRU": "as RNN; every linear_before_reset, layout and activation of the spec",
     "LSTM": "as RNN; peepholes, input_forget and clip included",
@@ -64,7 +66,7 @@ COVERED = {
 # Why op types the node tests have are not implemented.
 NOT_IMPLEMENTED = [
     ("Output shape depends on the data (kiln compiles for fixed shapes)",
-     ["NonZero", "Unique", "Compress", "NonMaxSuppression", "TopK"]),
+     ["Unique", "Compress", "NonMaxSuppression"]),
     ("Control flow and subgraphs (If, Loop, Scan are refused at import)",
      ["If", "Loop", "Scan"]),
     ("Sequences, optionals, maps and strings (tensors only)",
@@ -80,7 +82,7 @@ NOT_IMPLEMENTED = [
     ("Signal processing", ["DFT", "STFT", "MelWeightMatrix", "BlackmanWindow", "HammingWindow",
                            "HannWindow"]),
     ("Not implemented yet (no model kiln targets has needed them)",
-     ["GridSample", "RoiAlign", "MaxUnpool", "LRN", "Hardmax", "Shrink", "Det",
+     ["TopK", "GridSample", "RoiAlign", "MaxUnpool", "LRN", "Hardmax", "Shrink", "Det",
       "ReverseSequence", "MeanVarianceNormalization"]),
 ]
 

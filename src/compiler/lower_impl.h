@@ -115,6 +115,7 @@ KC_LOWER(kc_lower_constant);
 KC_LOWER(kc_lower_constant_of_shape);
 KC_LOWER(kc_lower_range);
 KC_LOWER(kc_lower_eye_like);
+KC_LOWER(kc_lower_nonzero);    /* of a constant only */
 /* lower_tensor.c */
 KC_LOWER(kc_lower_gather);
 KC_LOWER(kc_lower_transpose);

@@ -314,7 +314,7 @@ const kc_op_def kc_op_table[] = {
     {"Squeeze", kc_lower_squeeze}, {"Unsqueeze", kc_lower_unsqueeze},
     {"Shape", kc_lower_shape}, {"Size", kc_lower_size}, {"Constant", kc_lower_constant},
     {"ConstantOfShape", kc_lower_constant_of_shape}, {"Range", kc_lower_range},
-    {"EyeLike", kc_lower_eye_like},
+    {"EyeLike", kc_lower_eye_like}, {"NonZero", kc_lower_nonzero},
     /* data movement and reductions (lower_tensor.c) */
     {"Gather", kc_lower_gather}, {"Transpose", kc_lower_transpose}, {"Slice", kc_lower_slice},
     {"Concat", kc_lower_concat}, {"Split", kc_lower_split}, {"Expand", kc_lower_expand},
