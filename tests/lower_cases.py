@@ -328,6 +328,30 @@ def celu_alpha2():
 
 
 @case
+def log_ratio_truncated_to_int():
+    # T5's relative-position buckets: int(log(n / 8) / log(128 / 8) * 8) lands exactly on
+    # integers for powers of two, and must not fall one short (run-time and folded)
+    r = np.array([8, 16, 32, 64, 128, 12, 100], np.float32)
+    nodes = []
+    for src, tag in (('x', 'rt'), ('c', 'k')):
+        nodes += [helper.make_node('Div', [src, 'eight'], ['d' + tag]),
+                  helper.make_node('Log', ['d' + tag], ['l' + tag]),
+                  helper.make_node('Div', ['l' + tag, 'ln16'], ['q' + tag]),
+                  helper.make_node('Mul', ['q' + tag, 'eight'], ['m' + tag]),
+                  helper.make_node('Cast', ['m' + tag], ['y' + tag], to=TensorProto.INT64)]
+    ref = (np.log(r.astype(np.float64) / 8) / np.log(16) * 8 + 1e-9).astype(np.int64)
+    return model(nodes, {'x': r}, {'yrt': ref, 'yk': ref},
+                 {'c': r, 'eight': np.array(8, np.float32), 'ln16': np.array(np.log(16), np.float32)})
+
+
+@case
+def softplus_stays_positive():
+    x = np.array([-30, -20, -18.5, -17.68, -17, -16.5], np.float32)   # tiny, not negative
+    return model([helper.make_node('Softplus', ['x'], ['y'])], {'x': x},
+                 {'y': np.log1p(np.exp(x.astype(np.float64))).astype(np.float32)})
+
+
+@case
 def mean_three_broadcast():
     a, b, c = randn(2, 3), randn(3), randn(1, 1)
     return model([helper.make_node('Mean', ['a', 'b', 'c'], ['y'])], {'a': a, 'b': b, 'c': c},

@@ -36,6 +36,10 @@ The zoo (random seeded weights, opset 17, eval mode, constant folding on):
     vae            a diffusers-like VAE (encode to the mean, decode): GroupNorm/SiLU ResNet
                    blocks, single-head mid attention, asymmetric-pad downsampling, one
                    ConvTranspose2d and one nearest upsampling                          1x3x32x32
+    t5_encoder     a T5-style encoder: RMS LayerNorm written out (pow, mean, rsqrt), relative
+                   position buckets computed in forward (abs, log, truncation to int64,
+                   min, where), a bias Embedding shared by the layers, unscaled attention,
+                   gated-GELU feed-forward                                            ids 1x24
     rnn_tagger     a sequence tagger: embedding, 2-layer bidirectional LSTM (exported as
                    ONNX LSTM), a GRU over its output, a plain tanh RNN, a Linear head   ids 2x12
 
@@ -364,6 +368,70 @@ class VAELike(nn.Module):
         return self.dec_conv_out(F.silu(self.dec_norm_out(h)))
 
 
+# ---- T5-style encoder -----------------------------------------------------------------------
+
+class T5LayerNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + self.eps))
+
+
+class T5Block(nn.Module):
+    def __init__(self, d, heads, ff):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = T5LayerNorm(d), T5LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.wi0, self.wi1 = nn.Linear(d, ff, bias=False), nn.Linear(d, ff, bias=False)
+        self.wo = nn.Linear(ff, d, bias=False)
+
+    def forward(self, x, bias):
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (m(h).view(b, t, self.heads, -1).transpose(1, 2) for m in (self.q, self.k, self.v))
+        a = F.softmax(torch.matmul(q, k.transpose(3, 2)) + bias, dim=-1)   # T5: no 1/sqrt(d)
+        x = x + self.o(torch.matmul(a, v).transpose(1, 2).reshape(b, t, d))
+        h = self.ln2(x)
+        return x + self.wo(F.gelu(self.wi0(h), approximate="tanh") * self.wi1(h))
+
+
+class T5EncoderLike(nn.Module):
+    """Token ids [1, T] -> hidden states [1, T, d]."""
+
+    def __init__(self, vocab=300, d=64, heads=4, ff=128, layers=2, buckets=32, max_distance=128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.rel_bias = nn.Embedding(buckets, heads)
+        self.buckets, self.max_distance = buckets, max_distance
+        self.blocks = nn.ModuleList(T5Block(d, heads, ff) for _ in range(layers))
+        self.ln = T5LayerNorm(d)
+
+    def bucket(self, rel):
+        """HF T5's bidirectional relative-position bucket."""
+        nb = self.buckets // 2
+        ret = (rel > 0).to(torch.long) * nb
+        rel = torch.abs(rel)
+        exact = nb // 2
+        large = exact + (torch.log(rel.float() / exact) / math.log(self.max_distance / exact)
+                         * (nb - exact)).to(torch.long)
+        large = torch.min(large, torch.full_like(large, nb - 1))
+        return ret + torch.where(rel < exact, rel, large)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        pos = torch.arange(t, dtype=torch.long)
+        bias = self.rel_bias(self.bucket(pos[None, :] - pos[:, None])).permute(2, 0, 1)[None]
+        x = self.embed(ids)
+        for blk in self.blocks:
+            x = blk(x, bias)
+        return self.ln(x)
+
+
 # ---- recurrent tagger -----------------------------------------------------------------------
 
 class RNNTagger(nn.Module):
@@ -418,6 +486,7 @@ ZOO = {
              [("sample", (1, 4, 16, 16)), ("timestep", "timestep"), ("context", (1, 8, 32))],
              ["noise"]),
     "vae": (lambda: VAELike(), [("image", (1, 3, 32, 32))], ["reconstruction"]),
+    "t5_encoder": (lambda: T5EncoderLike(), [("input_ids", ("ids", (1, 24), 300))], ["hidden"]),
     "rnn_tagger": (lambda: RNNTagger(), [("input_ids", ("ids", (2, 12), 200))], ["tags"]),
 }
 
