@@ -654,6 +654,18 @@ def rnn_unknown_activation():
                  {'w': w, 'r': r})
 
 
+@refuse("model-local function 'Block' of domain 'mylib'")
+def model_local_function():
+    # torch.onnx.export(..., export_modules_as_functions=True) writes such models
+    x = randn(2, 3)
+    m, i, o = model([helper.make_node('Block', ['x'], ['y'], domain='mylib')], {'x': x}, {'y': x})
+    m.functions.append(helper.make_function('mylib', 'Block', ['a'], ['b'],
+                                            [helper.make_node('Relu', ['a'], ['b'])],
+                                            [helper.make_opsetid('', 17)]))
+    m.opset_import.append(helper.make_opsetid('mylib', 1))
+    return m, i, o
+
+
 @refuse('diagonal')
 def einsum_diagonal():
     x = randn(3, 3)

@@ -752,6 +752,15 @@ static kiln_status graph_build(importer *im, Onnx__ModelProto *mp)
                                 "input '%s' comes from a later node (nodes must be in topological order)",
                                 np->input[j]);
         }
+        for (size_t f = 0; st == KILN_OK && !default_domain(np->domain) && f < mp->n_functions; f++) {
+            const Onnx__FunctionProto *fp = mp->functions[f];
+            if (fp->name && strcmp(fp->name, np->op_type) == 0 && fp->domain
+                && strcmp(fp->domain, np->domain) == 0)
+                st = kiln__fail(KILN_ERR_UNSUPPORTED,
+                                "calls the model-local function '%s' of domain '%s': ONNX functions "
+                                "are not supported (torch: export without "
+                                "export_modules_as_functions)", np->op_type, np->domain);
+        }
         if (st == KILN_OK) {
             if (strcmp(np->op_type, "Constant") == 0 && default_domain(np->domain))
                 st = constant_node(im, np);
