@@ -4,8 +4,8 @@ out: opset 18 forms (GroupNormalization, Split num_outputs, Reduce axes inputs, 
 axes, Pad axes), the pre-13 Softmax coercion, 1-D and broadcast MatMul, Gemm on run-time
 operands, Einsum, pool ceil_mode windows, Dropout masks, constant graph outputs, scatters
 and gathers built from other ops, RNN/GRU/LSTM (run-time sequence_lens, peepholes,
-layout 1, activations), and models that must be refused (KILN_ERR_UNSUPPORTED,
-never a wrong answer).
+layout 1, activations), model-local functions (inlined), and models that must be refused
+(KILN_ERR_UNSUPPORTED, never a wrong answer).
 
     lower_cases.py KILN WORKDIR [FILTER]
 
@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 DT = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
       np.dtype(np.int32): TensorProto.INT32, np.dtype(np.bool_): TensorProto.BOOL,
@@ -595,6 +595,37 @@ def gru_linear_before_reset_no_initial_state():
                  {'x': x}, {'y': y, 'yh': yh}, {'w': w, 'r': r, 'b': b})
 
 
+# ---- model-local functions (torch's export_modules_as_functions) ----
+
+@case
+def model_local_functions_inlined():
+    x, w = randn(3, 4), randn(4, 4)
+    def block(v, slope):
+        m = v @ w
+        return np.where(m < 0, slope * m, m) * m
+    ref = block(block(x, 0.3), 0.01)                # the second call leaves the default alpha
+    lrelu = helper.make_node('LeakyRelu', ['m'], ['t'])     # alpha = the call's 'slope'
+    a = lrelu.attribute.add()
+    a.name, a.ref_attr_name, a.type = 'alpha', 'slope', AttributeProto.FLOAT
+    scale = helper.make_function('mylib', 'Scale', ['m'], ['b'],
+                                 [lrelu, helper.make_node('Mul', ['t', 'm'], ['b'])],
+                                 [helper.make_opsetid('', 17)], ['slope'])
+    call = helper.make_node('Scale', ['mm'], ['y'], domain='mylib')
+    a = call.attribute.add()
+    a.name, a.ref_attr_name, a.type = 'slope', 'slope2', AttributeProto.FLOAT
+    block_fn = helper.make_function('mylib', 'Block', ['x', 'w'], ['y', 'unused'],
+                                    [helper.make_node('MatMul', ['x', 'w'], ['mm']), call,
+                                     helper.make_node('Relu', ['mm'], ['unused'])],
+                                    [helper.make_opsetid('', 17), helper.make_opsetid('mylib', 1)],
+                                    ['slope2'])
+    m, i, o = model([helper.make_node('Block', ['x', 'w'], ['y1', ''], domain='mylib', slope2=0.3),
+                     helper.make_node('Block', ['y1', 'w'], ['y2'], domain='mylib')],
+                    {'x': x}, {'y2': ref}, {'w': w})
+    m.functions.extend([scale, block_fn])
+    m.opset_import.append(helper.make_opsetid('mylib', 1))
+    return m, i, o
+
+
 # ---- what must be refused ----
 
 def refuse(text):
@@ -654,14 +685,13 @@ def rnn_unknown_activation():
                  {'w': w, 'r': r})
 
 
-@refuse("model-local function 'Block' of domain 'mylib'")
-def model_local_function():
-    # torch.onnx.export(..., export_modules_as_functions=True) writes such models
+@refuse('nested more than 32 deep')
+def model_local_function_recursive():
     x = randn(2, 3)
-    m, i, o = model([helper.make_node('Block', ['x'], ['y'], domain='mylib')], {'x': x}, {'y': x})
-    m.functions.append(helper.make_function('mylib', 'Block', ['a'], ['b'],
-                                            [helper.make_node('Relu', ['a'], ['b'])],
-                                            [helper.make_opsetid('', 17)]))
+    m, i, o = model([helper.make_node('Loopy', ['x'], ['y'], domain='mylib')], {'x': x}, {'y': x})
+    m.functions.append(helper.make_function('mylib', 'Loopy', ['a'], ['b'],
+                                            [helper.make_node('Loopy', ['a'], ['b'], domain='mylib')],
+                                            [helper.make_opsetid('', 17), helper.make_opsetid('mylib', 1)]))
     m.opset_import.append(helper.make_opsetid('mylib', 1))
     return m, i, o
 

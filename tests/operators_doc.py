@@ -221,8 +221,9 @@ def main():
         w("- **Other**: " + ", ".join(f"{n} ({len(by_op[n])} tests)" for n in rest))
     w("")
     w("Besides op types: tensors of dtype int16, uint16, uint32, uint64, string and complex, "
-      "external data, sparse tensors, calls of model-local functions (what torch writes with "
-      "`export_modules_as_functions`) and opsets outside 7 to 18 are refused at import.")
+      "external data, sparse tensors and opsets outside 7 to 18 are refused at import. Calls of "
+      "model-local functions (what torch writes with `export_modules_as_functions`) are "
+      "replaced by the functions' bodies at import.")
     w("")
     w("## Excluded tests")
     w("")
