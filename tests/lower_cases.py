@@ -412,6 +412,45 @@ def nonzero_of_constant_arange_opset9():
                   'm': np.array([[0, -0.0, 2], [np.nan, 0, 1]], np.float32)}, opset=9)
 
 
+def topk_ref(x, k, axis, largest):
+    """Sorted top k with ties to the lower index, NaN above every number (torch's order)."""
+    xm = np.moveaxis(x, axis, -1)
+    key = np.where(np.isnan(xm), np.inf, xm) if x.dtype.kind == 'f' else xm
+    nan = np.isnan(xm) if x.dtype.kind == 'f' else np.zeros(xm.shape, bool)
+    # lexsort: last key primary
+    order = np.lexsort((np.broadcast_to(np.arange(xm.shape[-1]), xm.shape),
+                        -key if largest else key, ~nan if largest else nan), axis=-1)
+    idx = order[..., :k]
+    return (np.moveaxis(np.take_along_axis(xm, idx, -1), -1, axis),
+            np.moveaxis(idx, -1, axis).astype(np.int64))
+
+
+@case
+def topk_largest_ties_and_nan():
+    x = np.round(randn(3, 40) * 2) / 2          # many ties
+    x[1, [3, 17]] = np.nan
+    v, i = topk_ref(x, 7, 1, True)
+    return model([helper.make_node('TopK', ['x', 'k'], ['v', 'i'])], {'x': x}, {'v': v, 'i': i},
+                 {'k': np.array([7], np.int64)})
+
+
+@case
+def topk_axis0_int_k_attribute_opset9():
+    x = rng.integers(-5, 5, (30, 4)).astype(np.int32)
+    v, i = topk_ref(x, 4, 0, True)
+    return model([helper.make_node('TopK', ['x'], ['v', 'i'], k=4, axis=0)], {'x': x},
+                 {'v': v, 'i': i}, opset=9)
+
+
+@case
+def topk_smallest_nan_last_middle_axis():
+    x = randn(2, 9, 3)
+    x[0, 2, 1] = np.nan
+    v, i = topk_ref(x, 9, 1, False)
+    return model([helper.make_node('TopK', ['x', 'k'], ['v', 'i'], axis=-2, largest=0)],
+                 {'x': x}, {'v': v, 'i': i}, {'k': np.array([9], np.int64)}, opset=11)
+
+
 @case
 def gather_negative_const_indices():
     x, i = randn(3, 5), np.array([[-1, 0], [2, -5]], np.int64)
@@ -664,6 +703,13 @@ def resize_antialias():
                  {'sc': np.array([1, 1, 0.5, 0.5], np.float32)}, opset=18)
 
 
+@refuse('must be known at trace time')
+def topk_runtime_k():
+    x = randn(2, 5)
+    return model([helper.make_node('TopK', ['x', 'k'], ['v', 'i'])],
+                 {'x': x, 'k': np.array([2], np.int64)}, {'v': x[:, :2], 'i': np.zeros((2, 2), np.int64)})
+
+
 @refuse('Hardmax')
 def hardmax():
     x = randn(2, 3)
@@ -704,6 +750,12 @@ def einsum_diagonal():
 
 
 def compare(got, ref):
+    if got.shape != ref.shape:
+        return 'shape %s, expected %s' % (got.shape, ref.shape)
+    if ref.dtype.kind == 'f' and not np.array_equal(np.isnan(got), np.isnan(ref)):
+        return 'NaNs differ'
+    if ref.dtype.kind == 'f' and np.isnan(ref).any():
+        got, ref = np.nan_to_num(got), np.nan_to_num(ref)
     if got.shape != ref.shape:
         return 'shape %s, expected %s' % (got.shape, ref.shape)
     if got.dtype != ref.dtype:

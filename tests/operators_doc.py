@@ -40,6 +40,8 @@ NOTES = {
     "ConstantOfShape": "the shape must be known at trace time",
     "OneHot": "depth must be known at trace time",
     "Reshape": "the shape must be known at trace time (as everything that decides a shape)",
+    "TopK": "k must be known at trace time (it is the output's extent); the output is always "
+            "sorted, ties by lower index, NaN above every number",
     "NonZero": "only of a tensor known at trace time (torch exports arange at opsets 9-10 so); "
                "on run-time data the output shape would depend on the data",
     "RNN": "unrolled over time at trace time (at most 4096 steps); sequence_lens may be given at run time",
@@ -82,7 +84,7 @@ NOT_IMPLEMENTED = [
     ("Signal processing", ["DFT", "STFT", "MelWeightMatrix", "BlackmanWindow", "HammingWindow",
                            "HannWindow"]),
     ("Not implemented yet (no model kiln targets has needed them)",
-     ["TopK", "GridSample", "RoiAlign", "MaxUnpool", "LRN", "Hardmax", "Shrink", "Det",
+     ["GridSample", "RoiAlign", "MaxUnpool", "LRN", "Hardmax", "Shrink", "Det",
       "ReverseSequence", "MeanVarianceNormalization"]),
 ]
 

@@ -127,6 +127,7 @@ KC_LOWER(kc_lower_tile);
 KC_LOWER(kc_lower_pad);
 KC_LOWER(kc_lower_reduce);     /* every ReduceX */
 KC_LOWER(kc_lower_argreduce);  /* ArgMax, ArgMin */
+KC_LOWER(kc_lower_topk);
 KC_LOWER(kc_lower_cumsum);
 KC_LOWER(kc_lower_depth_space);
 KC_LOWER(kc_lower_resize);     /* Resize, Upsample */

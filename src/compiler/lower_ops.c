@@ -324,7 +324,7 @@ const kc_op_def kc_op_table[] = {
     {"ReduceProd", kc_lower_reduce}, {"ReduceL1", kc_lower_reduce},
     {"ReduceL2", kc_lower_reduce}, {"ReduceLogSum", kc_lower_reduce},
     {"ReduceLogSumExp", kc_lower_reduce}, {"ReduceSumSquare", kc_lower_reduce},
-    {"ArgMax", kc_lower_argreduce}, {"ArgMin", kc_lower_argreduce},
+    {"ArgMax", kc_lower_argreduce}, {"ArgMin", kc_lower_argreduce}, {"TopK", kc_lower_topk},
     {"CumSum", kc_lower_cumsum},
     {"DepthToSpace", kc_lower_depth_space}, {"SpaceToDepth", kc_lower_depth_space},
     {"Resize", kc_lower_resize}, {"Upsample", kc_lower_resize},

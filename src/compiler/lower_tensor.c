@@ -382,6 +382,47 @@ kiln_status kc_lower_reduce(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
+/* TopK: k must be known at trace time (it is the output's extent); always sorted. */
+kiln_status kc_lower_topk(kc_ctx *c, const kg_node *n)
+{
+    kc_val x;
+    int axis, cnt = 0;
+    int64_t k = 0;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 1, KILN_MAX_DIMS));
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", -1), x.ndim, &axis));
+    if (kc_opset(c) < 10) {
+        k = kg_attr_int(n, "k", -1);
+    } else {
+        kc_val kv;
+        KC_TRY(kc_arg(c, n, 1, &kv));
+        if (kc_numel(&kv) != 1)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "K must hold one value");
+        KC_TRY(kc_const_ints(c, n, kv.id, &k, 1, &cnt));
+    }
+    if (k < 0 || k > x.shape[axis])
+        return kc_fail(c, n, KILN_ERR_SHAPE, "k = %lld for an axis of %lld", (long long)k,
+                       (long long)x.shape[axis]);
+    int64_t shape[KILN_MAX_DIMS], ia = axis;
+    memcpy(shape, x.shape, sizeof shape);
+    shape[axis] = k;
+    int sub = kg_attr_int(n, "largest", 1) ? 0 : 1, outs[2];
+    kc_val v[2];
+    if (kiln__numel(x.ndim, shape) == 0) {
+        KC_TRY(kc_const(c, x.dt, x.ndim, shape, NULL, &v[0]));
+        KC_TRY(kc_const(c, KILN_I64, x.ndim, shape, NULL, &v[1]));
+    } else {
+        if ((outs[0] = kc_new_value(c, x.dt, x.ndim, shape)) < 0 ||
+            (outs[1] = kc_new_value(c, KILN_I64, x.ndim, shape)) < 0)
+            return KILN_ERR_NOMEM;
+        KC_TRY(kc_emit(c, n, KP_TOPK, sub, &x.id, 1, outs, 2, &ia, 1, NULL, 0));
+        kc_snap(c, outs[0], &v[0]);
+        kc_snap(c, outs[1], &v[1]);
+    }
+    KC_TRY(kc_out(c, n, 0, &v[0]));
+    return kc_out(c, n, 1, &v[1]);
+}
+
 kiln_status kc_lower_argreduce(kc_ctx *c, const kg_node *n)
 {
     kc_val x;

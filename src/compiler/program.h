@@ -96,6 +96,10 @@ typedef enum kp_op_kind {
     /* sub: 0 DepthToSpace DCR, 1 DepthToSpace CRD, 2 SpaceToDepth. in: X. out: Y.
      * ia: blocksize. */
     KP_DEPTH_SPACE,
+    /* sub: 0 the k largest, 1 the k smallest. in: X. out: Values (X's dtype), Indices (i64),
+     * both X's shape with k along axis, best first (ties: lower index first; NaN counts as
+     * larger than every number). ia: axis. */
+    KP_TOPK,
     KP_OP_KIND_COUNT
 } kp_op_kind;
 

@@ -275,6 +275,8 @@ KR_KIND(argreduce)
 KR_KIND(cumsum)
 /* ref_resize.c */
 KR_KIND(resize)
+/* ref_topk.c */
+KR_KIND(topk)
 #undef KR_KIND
 
 #endif
