@@ -534,6 +534,31 @@ def scatter_elements_axis1():
 
 
 @case
+def scatter_elements_runtime_indices():
+    # a decoder's static cache: indices known only at run time
+    x, u = randn(2, 5, 3), randn(2, 2, 3)
+    i = np.array([[[4, 0, -1], [1, 2, 3]], [[-5, 4, 0], [2, 2, 2]]], np.int32)
+    y = x.copy()
+    for a in range(2):
+        for b in range(2):
+            for c in range(3):
+                y[a, i[a, b, c] % 5, c] = u[a, b, c]
+    return model([helper.make_node('ScatterElements', ['x', 'i', 'u'], ['y'], axis=1)],
+                 {'x': x, 'i': i, 'u': u}, {'y': y}, opset=13)
+
+
+@case
+def scatter_nd_runtime_indices_later_wins():
+    x, u = randn(4, 3, 2), randn(3, 2)
+    i = np.array([[1, 2], [-1, 0], [1, 2]], np.int64)   # (1, 2) twice: the last update stays
+    y = x.copy()
+    for b in range(3):
+        y[i[b, 0], i[b, 1]] = u[b]
+    return model([helper.make_node('ScatterND', ['x', 'i', 'u'], ['y'])],
+                 {'x': x, 'i': i, 'u': u}, {'y': y})
+
+
+@case
 def gather_elements_runtime_indices():
     x, i = randn(3, 4), np.array([[2, -1], [0, 1], [3, 3]], np.int64)
     return model([helper.make_node('GatherElements', ['x', 'i'], ['y'], axis=1)],

@@ -23,8 +23,10 @@ NOTES = {
               "other than stretch are refused; scales/sizes must be known at trace time",
     "Upsample": "as Resize (opset 7-9); nearest enlarging some axes and shrinking others is refused",
     "Einsum": "one or two operands; repeated labels within an operand (diagonals) are refused",
-    "ScatterND": "indices must be known at trace time; reductions only when every input is constant",
-    "ScatterElements": "indices must be known at trace time; reduction other than none is refused",
+    "ScatterND": "indices known at trace time or only at run time (an out-of-range one then fails "
+                 "the run); reductions only when every input is constant",
+    "ScatterElements": "indices known at trace time or only at run time (an out-of-range one then "
+                       "fails the run); reduction other than none is refused",
     "Scatter": "as ScatterElements (opset 9-10)",
     "Max": "f16 is refused by the kernels",
     "Min": "f16 is refused by the kernels",
@@ -147,7 +149,7 @@ def main():
       "how an op is lowered — Reshape's shape, Slice's starts/ends/axes/steps, Squeeze/Unsqueeze "
       "axes, Split sizes, Pad pads, Resize scales/sizes, Tile repeats, Expand's shape, Range's "
       "inputs, ConstantOfShape's shape, OneHot's depth, Clip's bounds, Trilu's k, CumSum's axis, "
-      "reduction axes, scatter indices — must be a constant at trace time: an initializer, a "
+      "TopK's k, reduction axes — must be a constant at trace time: an initializer, a "
       "Constant, or computed from those (the Shape/Gather/Concat arithmetic exporters emit is "
       "folded). Exported models have them so. When one is a graph input, trace fails with "
       "`KILN_ERR_UNSUPPORTED: ... input 'NAME' must be known at trace time`; make it an "

@@ -100,6 +100,11 @@ typedef enum kp_op_kind {
      * both X's shape with k along axis, best first (ties: lower index first; NaN counts as
      * larger than every number). ia: axis. */
     KP_TOPK,
+    /* sub: 0 ScatterElements, 1 ScatterND, with indices given at run time (reduction none:
+     * a repeated index keeps the last update). in: Data, Indices (i32 or i64, negative
+     * counts from the end), Updates. out: Y (Data's shape and dtype). ia: axis (ScatterND
+     * ignores it). An index out of range fails the run (KILN_ERR_ARG). */
+    KP_SCATTER,
     KP_OP_KIND_COUNT
 } kp_op_kind;
 

@@ -277,6 +277,8 @@ KR_KIND(cumsum)
 KR_KIND(resize)
 /* ref_topk.c */
 KR_KIND(topk)
+/* ref_scatter.c */
+KR_KIND(scatter)
 #undef KR_KIND
 
 #endif
