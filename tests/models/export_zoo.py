@@ -40,13 +40,19 @@ The zoo (random seeded weights, opset 17, eval mode, constant folding on):
                    position buckets computed in forward (abs, log, truncation to int64,
                    min, where), a bias Embedding shared by the layers, unscaled attention,
                    gated-GELU feed-forward                                            ids 1x24
+    decoder_step   one decoding step of a GPT-style decoder with a static KV cache: this
+                   step's keys and values written at a run-time position (index_copy and
+                   index assignment: ScatterElements/ScatterND with run-time indices), a
+                   mask from that position, and torch.topk over the logits (values and
+                   int64 token ids)       ids 1x1, pos [1], caches 2x1x4x16x16 each
     rnn_tagger     a sequence tagger: embedding, 2-layer bidirectional LSTM (exported as
                    ONNX LSTM), a GRU over its output, a plain tanh RNN, a Linear head   ids 2x12
 
 For each it writes into OUTDIR:
     NAME.onnx           the model (torch.onnx.export, opset 17)
     NAME.input_K.npy    input K (seeded random; token ids in range)
-    NAME.output_K.npy   PyTorch's output K for those inputs (eval mode, torch.no_grad())
+    NAME.output_K.npy   PyTorch's output K for those inputs (eval mode, torch.no_grad()):
+                        float32, or the integer dtype of an integer output
     NAME.json           input/output names, shapes and dtypes, op counts, export seconds
     NAME.stamp          hash of this script and the torch version; when it matches and every
                         file is there, the model is not exported again
@@ -432,6 +438,46 @@ class T5EncoderLike(nn.Module):
         return self.ln(x)
 
 
+# ---- one decoding step with a static KV cache ------------------------------------------------
+
+class DecoderStep(nn.Module):
+    """(ids [1, 1], pos [1], cache_k, cache_v [layers, 1, heads, S, hd]) -> top-5 logits and
+    their token ids, and both caches with this step written at pos."""
+
+    def __init__(self, vocab=500, d=64, heads=4, layers=2, seq=16):
+        super().__init__()
+        self.d, self.heads, self.seq = d, heads, seq
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(layers))
+        self.proj = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+        self.ln2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+                                 for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, ids, pos, cache_k, cache_v):
+        hd = self.d // self.heads
+        x = self.wte(ids) + self.wpe(pos)[None]
+        visible = torch.arange(self.seq) <= pos          # the cache up to this step
+        new_k, new_v = [], []
+        for i in range(len(self.qkv)):
+            q, k, v = self.qkv[i](self.ln1[i](x)).split(self.d, dim=-1)
+            q, k, v = (t.view(1, 1, self.heads, hd).transpose(1, 2) for t in (q, k, v))
+            ck = cache_k[i].index_copy(2, pos, k)
+            cv = cache_v[i].clone()
+            cv[:, :, pos] = v
+            att = (q @ ck.transpose(-1, -2)) * hd ** -0.5
+            att = att.masked_fill(~visible, float("-inf")).softmax(-1)
+            x = x + self.proj[i]((att @ cv).transpose(1, 2).reshape(1, 1, self.d))
+            x = x + self.mlp[i](self.ln2[i](x))
+            new_k.append(ck)
+            new_v.append(cv)
+        logits = torch.matmul(self.ln_f(x), self.wte.weight.t())[:, -1]
+        top, ids_out = torch.topk(logits, 5, dim=-1)
+        return top, ids_out, torch.stack(new_k), torch.stack(new_v)
+
+
 # ---- recurrent tagger -----------------------------------------------------------------------
 
 class RNNTagger(nn.Module):
@@ -487,6 +533,10 @@ ZOO = {
              ["noise"]),
     "vae": (lambda: VAELike(), [("image", (1, 3, 32, 32))], ["reconstruction"]),
     "t5_encoder": (lambda: T5EncoderLike(), [("input_ids", ("ids", (1, 24), 300))], ["hidden"]),
+    "decoder_step": (lambda: DecoderStep(),
+                     [("input_ids", ("ids", (1, 1), 500)), ("pos", ("ids", (1,), 16)),
+                      ("cache_k", (2, 1, 4, 16, 16)), ("cache_v", (2, 1, 4, 16, 16))],
+                     ["top_logits", "top_ids", "new_cache_k", "new_cache_v"]),
     "rnn_tagger": (lambda: RNNTagger(), [("input_ids", ("ids", (2, 12), 200))], ["tags"]),
 }
 
@@ -612,15 +662,17 @@ def export(outdir, name, stamp):
     counts = check_plain_ops(onnx_path)
     for i, x in enumerate(xs):
         save_npy(f"{base}.input_{i}.npy", x.numpy())
+    refs = [r.detach().numpy() for r in refs]
+    refs = [r if r.dtype.kind in "iub" else r.astype(np.float32) for r in refs]  # ids stay ints
     for i, r in enumerate(refs):
-        save_npy(f"{base}.output_{i}.npy", r.detach().numpy().astype(np.float32))
+        save_npy(f"{base}.output_{i}.npy", r)
     seconds = time.time() - t0
     meta = {
         "name": name,
         "opset": OPSET,
         "inputs": [{"name": n, "shape": list(x.shape), "dtype": str(x.numpy().dtype)}
                    for n, x in zip(in_names, xs)],
-        "outputs": [{"name": n, "shape": list(r.shape), "dtype": "float32"}
+        "outputs": [{"name": n, "shape": list(r.shape), "dtype": str(r.dtype)}
                     for n, r in zip(out_names, refs)],
         "ops": counts,
         "export_seconds": round(seconds, 2),
