@@ -109,12 +109,6 @@ static kiln_status gate(kc_ctx *c, const kg_node *n, const rnn_ctx *r, const rnn
 
 /* ---- tensor plumbing ---- */
 
-static kiln_status binop(kc_ctx *c, const kg_node *n, int alg, const kc_val *a, const kc_val *b,
-                         kc_val *out)
-{
-    return kc_binary(c, n, alg, a, b, out);
-}
-
 /* x[d] of a tensor whose first dim is the direction: that dim dropped. */
 static kiln_status pick(kc_ctx *c, const kg_node *n, const kc_val *x, int d, kc_val *out)
 {
@@ -228,8 +222,9 @@ static kiln_status step_mask(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int6
     kc_val tv;
     int64_t t64 = t;
     int32_t t32 = (int32_t)t;
-    KC_TRY(kc_const(c, r->seq.dt, 0, NULL, r->seq.dt == KILN_I64 ? (void *)&t64 : (void *)&t32, &tv));
-    KC_TRY(binop(c, n, KP_B_LESS, &tv, &r->seq, m));
+    const void *tp = r->seq.dt == KILN_I64 ? (const void *)&t64 : (const void *)&t32;
+    KC_TRY(kc_const(c, r->seq.dt, 0, NULL, tp, &tv));
+    KC_TRY(kc_binary(c, n, KP_B_LESS, &tv, &r->seq, m));
     int64_t shape[2] = {r->B, 1};
     KC_TRY(kc_reshape(c, n, m, 2, shape, m));
     *use = true;
@@ -265,17 +260,17 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
             rb_h = rb[1];
             has_rb_h = true;
             if (!r->lbr) {
-                KC_TRY(binop(c, n, KP_B_ADD, &wb_rb[0], &wb_rb[1], &xbias));
+                KC_TRY(kc_binary(c, n, KP_B_ADD, &wb_rb[0], &wb_rb[1], &xbias));
                 has_rb_h = false;
             } else {
                 kc_val wb[2], zr;
                 KC_TRY(split(c, n, &wb_rb[0], 0, 2, sizes, wb));
-                KC_TRY(binop(c, n, KP_B_ADD, &wb[0], &rb[0], &zr));
+                KC_TRY(kc_binary(c, n, KP_B_ADD, &wb[0], &rb[0], &zr));
                 int ids[2] = {zr.id, wb[1].id};
                 KC_TRY(concat(c, n, ids, 2, 0, &xbias));
             }
         } else {
-            KC_TRY(binop(c, n, KP_B_ADD, &wb_rb[0], &wb_rb[1], &xbias));
+            KC_TRY(kc_binary(c, n, KP_B_ADD, &wb_rb[0], &wb_rb[1], &xbias));
         }
     }
     kc_val xw;                                          /* [T*B, G*H] */
@@ -295,7 +290,9 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
     int *steps = kiln__calloc((size_t)(2 * T), sizeof *steps);
     int *ys = kiln__calloc((size_t)T, sizeof *ys);
     int *outs = kiln__calloc((size_t)T, sizeof *outs);
-    kiln_status s = (!steps || !ys || !outs) ? kiln__fail(KILN_ERR_NOMEM, "out of memory") : KILN_OK;
+    kiln_status s = KILN_OK;
+    if (!steps || !ys || !outs)
+        s = kiln__fail(KILN_ERR_NOMEM, "out of memory");
     for (int p = 0; p < nparts && s == KILN_OK; p++) {
         kc_val v = xw_parts[p];
         int64_t shape[3] = {T, B, v.shape[1]};
@@ -342,10 +339,10 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
                 S(matmul(c, n, &hp, &rt, &xt[0], &g));
             S(split_last(c, n, &g, 4, q));              /* i, o, f, c */
             if (dir->has_p && has_c) {
-                S(binop(c, n, KP_B_MUL, &p3[0], &cp, &t1));
-                S(binop(c, n, KP_B_ADD, &q[0], &t1, &q[0]));
-                S(binop(c, n, KP_B_MUL, &p3[2], &cp, &t1));
-                S(binop(c, n, KP_B_ADD, &q[2], &t1, &q[2]));
+                S(kc_binary(c, n, KP_B_MUL, &p3[0], &cp, &t1));
+                S(kc_binary(c, n, KP_B_ADD, &q[0], &t1, &q[0]));
+                S(kc_binary(c, n, KP_B_MUL, &p3[2], &cp, &t1));
+                S(kc_binary(c, n, KP_B_ADD, &q[2], &t1, &q[2]));
             }
             S(gate(c, n, r, &act[0], &q[0], &it));
             if (r->input_forget)
@@ -353,18 +350,18 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
             else
                 S(gate(c, n, r, &act[0], &q[2], &ft));
             S(gate(c, n, r, &act[1], &q[3], &ct));
-            S(binop(c, n, KP_B_MUL, &it, &ct, &cn));
+            S(kc_binary(c, n, KP_B_MUL, &it, &ct, &cn));
             if (has_c) {
-                S(binop(c, n, KP_B_MUL, &ft, &cp, &t1));
-                S(binop(c, n, KP_B_ADD, &cn, &t1, &cn));
+                S(kc_binary(c, n, KP_B_MUL, &ft, &cp, &t1));
+                S(kc_binary(c, n, KP_B_ADD, &cn, &t1, &cn));
             }
             if (dir->has_p) {
-                S(binop(c, n, KP_B_MUL, &p3[1], &cn, &t1));
-                S(binop(c, n, KP_B_ADD, &q[1], &t1, &q[1]));
+                S(kc_binary(c, n, KP_B_MUL, &p3[1], &cn, &t1));
+                S(kc_binary(c, n, KP_B_ADD, &q[1], &t1, &q[1]));
             }
             S(gate(c, n, r, &act[0], &q[1], &ot));
             S(apply_act(c, n, &act[2], &cn, &t1));
-            S(binop(c, n, KP_B_MUL, &ot, &t1, &hn));
+            S(kc_binary(c, n, KP_B_MUL, &ot, &t1, &hn));
         } else {                                        /* GRU: z, r, h */
             kc_val zr = xt[0], q[3], zt, rt_, hh, t1;
             if (r->lbr) {
@@ -375,21 +372,21 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
                 if (has_h) {                            /* x parts + h parts */
                     kc_val xq[3];
                     S(split_last(c, n, &xt[0], 3, xq));
-                    S(binop(c, n, KP_B_ADD, &xq[0], &q[0], &q[0]));
-                    S(binop(c, n, KP_B_ADD, &xq[1], &q[1], &q[1]));
+                    S(kc_binary(c, n, KP_B_ADD, &xq[0], &q[0], &q[0]));
+                    S(kc_binary(c, n, KP_B_ADD, &xq[1], &q[1], &q[1]));
                     rh = q[2];
                     if (has_rb_h)
-                        S(binop(c, n, KP_B_ADD, &rh, &rb_h, &rh));
+                        S(kc_binary(c, n, KP_B_ADD, &rh, &rb_h, &rh));
                     q[2] = xq[2];
                 }
                 S(gate(c, n, r, &act[0], &q[0], &zt));
                 S(gate(c, n, r, &act[0], &q[1], &rt_));
                 if (has_h) {
-                    S(binop(c, n, KP_B_MUL, &rt_, &rh, &t1));
-                    S(binop(c, n, KP_B_ADD, &q[2], &t1, &t1));
+                    S(kc_binary(c, n, KP_B_MUL, &rt_, &rh, &t1));
+                    S(kc_binary(c, n, KP_B_ADD, &q[2], &t1, &t1));
                 } else if (has_rb_h) {
-                    S(binop(c, n, KP_B_MUL, &rt_, &rb_h, &t1));
-                    S(binop(c, n, KP_B_ADD, &q[2], &t1, &t1));
+                    S(kc_binary(c, n, KP_B_MUL, &rt_, &rb_h, &t1));
+                    S(kc_binary(c, n, KP_B_ADD, &q[2], &t1, &t1));
                 } else {
                     t1 = q[2];
                 }
@@ -403,18 +400,18 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
                 t1 = xt[1];
                 if (has_h) {
                     kc_val rhp;
-                    S(binop(c, n, KP_B_MUL, &rt_, &hp, &rhp));
+                    S(kc_binary(c, n, KP_B_MUL, &rt_, &hp, &rhp));
                     S(matmul(c, n, &rhp, &rt_parts[1], &xt[1], &t1));
                 }
                 S(gate(c, n, r, &act[1], &t1, &hh));
             }
             /* h = (1 - z) * hh + z * h_prev = hh + z * (h_prev - hh) */
             if (has_h)
-                S(binop(c, n, KP_B_SUB, &hp, &hh, &t1));
+                S(kc_binary(c, n, KP_B_SUB, &hp, &hh, &t1));
             else
                 S(kc_unary(c, n, KP_U_NEG, &hh, 0, 0, &t1));
-            S(binop(c, n, KP_B_MUL, &zt, &t1, &t1));
-            S(binop(c, n, KP_B_ADD, &hh, &t1, &hn));
+            S(kc_binary(c, n, KP_B_MUL, &zt, &t1, &t1));
+            S(kc_binary(c, n, KP_B_ADD, &hh, &t1, &hn));
         }
         kc_val yt = hn, m;
         bool use_mask;
@@ -423,8 +420,8 @@ static kiln_status run_dir(kc_ctx *c, const kg_node *n, const rnn_ctx *r, int d,
             kc_val zero;
             static const double z64 = 0;
             static const float z32 = 0;
-            S(kc_const(c, hn.dt, 0, NULL, hn.dt == KILN_F64 ? (const void *)&z64 : (const void *)&z32,
-                       &zero));
+            const void *zp = hn.dt == KILN_F64 ? (const void *)&z64 : (const void *)&z32;
+            S(kc_const(c, hn.dt, 0, NULL, zp, &zero));
             S(where(c, n, &m, &hn, &zero, &yt));
             S(where(c, n, &m, &hn, has_h ? &hp : &zero, &hn));
             if (r->kind == RNN_LSTM)
@@ -509,8 +506,8 @@ static kiln_status lower_rnn(kc_ctx *c, const kg_node *n, int kind)
     int64_t hs = kg_attr_int(n, "hidden_size", H);
     if (hs != H || w.shape[0] != r->dirs || rr.shape[0] != r->dirs || w.shape[1] != G * H ||
         rr.shape[1] != G * H || w.shape[2] != I) {
-        s = kc_fail(c, n, KILN_ERR_SHAPE, "W [%lld, %lld, %lld] and R [%lld, %lld, %lld] do not fit "
-                    "%d direction(s), hidden size %lld and input size %lld",
+        s = kc_fail(c, n, KILN_ERR_SHAPE, "W [%lld, %lld, %lld] and R [%lld, %lld, %lld] do not "
+                    "fit %d direction(s), hidden size %lld and input size %lld",
                     (long long)w.shape[0], (long long)w.shape[1], (long long)w.shape[2],
                     (long long)rr.shape[0], (long long)rr.shape[1], (long long)rr.shape[2],
                     r->dirs, (long long)hs, (long long)I);
@@ -561,8 +558,9 @@ static kiln_status lower_rnn(kc_ctx *c, const kg_node *n, int kind)
             bool all = true;
             for (int64_t i = 0; i < r->B; i++) {
                 if (r->seq_vals[i] < 0 || r->seq_vals[i] > r->T) {
-                    s = kc_fail(c, n, KILN_ERR_SHAPE, "sequence_lens[%lld] = %lld is not in 0..%lld",
-                                (long long)i, (long long)r->seq_vals[i], (long long)r->T);
+                    s = kc_fail(c, n, KILN_ERR_SHAPE, "sequence_lens[%lld] = %lld is not in "
+                                "0..%lld", (long long)i, (long long)r->seq_vals[i],
+                                (long long)r->T);
                     goto done;
                 }
                 all &= r->seq_vals[i] == r->T;
