@@ -23,8 +23,10 @@ NOTES = {
               "other than stretch are refused; scales/sizes must be known at trace time",
     "Upsample": "as Resize (opset 7-9); nearest enlarging some axes and shrinking others is refused",
     "Einsum": "one or two operands; repeated labels within an operand (diagonals) are refused",
-    "ScatterND": "indices must be known at trace time; reductions only when every input is constant",
-    "ScatterElements": "indices must be known at trace time; reduction other than none is refused",
+    "ScatterND": "indices known at trace time or only at run time (an out-of-range one then fails "
+                 "the run); reductions only when every input is constant",
+    "ScatterElements": "indices known at trace time or only at run time (an out-of-range one then "
+                       "fails the run); reduction other than none is refused",
     "Scatter": "as ScatterElements (opset 9-10)",
     "Max": "f16 is refused by the kernels",
     "Min": "f16 is refused by the kernels",
@@ -40,6 +42,13 @@ NOTES = {
     "ConstantOfShape": "the shape must be known at trace time",
     "OneHot": "depth must be known at trace time",
     "Reshape": "the shape must be known at trace time (as everything that decides a shape)",
+    "TopK": "k must be known at trace time (it is the output's extent); the output is always "
+            "sorted, ties by lower index, NaN above every number",
+    "NonZero": "only of a tensor known at trace time (torch exports arange at opsets 9-10 so); "
+               "on run-time data the output shape would depend on the data",
+    "RNN": "unrolled over time at trace time (at most 4096 steps); sequence_lens may be given at run time",
+    "GRU": "as RNN; every linear_before_reset, layout and activation of the spec",
+    "LSTM": "as RNN; peepholes, input_forget and clip included",
     "GroupNormalization": "opset 18 form; torch 1.13 exports GroupNorm as InstanceNormalization on a reshape",
 }
 
@@ -61,7 +70,7 @@ COVERED = {
 # Why op types the node tests have are not implemented.
 NOT_IMPLEMENTED = [
     ("Output shape depends on the data (kiln compiles for fixed shapes)",
-     ["NonZero", "Unique", "Compress", "NonMaxSuppression", "TopK"]),
+     ["Unique", "Compress", "NonMaxSuppression"]),
     ("Control flow and subgraphs (If, Loop, Scan are refused at import)",
      ["If", "Loop", "Scan"]),
     ("Sequences, optionals, maps and strings (tensors only)",
@@ -74,7 +83,6 @@ NOT_IMPLEMENTED = [
     ("Quantised integer arithmetic",
      ["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
       "QLinearMatMul", "ConvInteger", "MatMulInteger"]),
-    ("Recurrent networks", ["RNN", "GRU", "LSTM"]),
     ("Signal processing", ["DFT", "STFT", "MelWeightMatrix", "BlackmanWindow", "HammingWindow",
                            "HannWindow"]),
     ("Not implemented yet (no model kiln targets has needed them)",
@@ -141,7 +149,7 @@ def main():
       "how an op is lowered — Reshape's shape, Slice's starts/ends/axes/steps, Squeeze/Unsqueeze "
       "axes, Split sizes, Pad pads, Resize scales/sizes, Tile repeats, Expand's shape, Range's "
       "inputs, ConstantOfShape's shape, OneHot's depth, Clip's bounds, Trilu's k, CumSum's axis, "
-      "reduction axes, scatter indices — must be a constant at trace time: an initializer, a "
+      "TopK's k, reduction axes — must be a constant at trace time: an initializer, a "
       "Constant, or computed from those (the Shape/Gather/Concat arithmetic exporters emit is "
       "folded). Exported models have them so. When one is a graph input, trace fails with "
       "`KILN_ERR_UNSUPPORTED: ... input 'NAME' must be known at trace time`; make it an "
@@ -217,7 +225,9 @@ def main():
         w("- **Other**: " + ", ".join(f"{n} ({len(by_op[n])} tests)" for n in rest))
     w("")
     w("Besides op types: tensors of dtype int16, uint16, uint32, uint64, string and complex, "
-      "external data, sparse tensors and opsets outside 7 to 18 are refused at import.")
+      "external data, sparse tensors and opsets outside 7 to 18 are refused at import. Calls of "
+      "model-local functions (what torch writes with `export_modules_as_functions`) are "
+      "replaced by the functions' bodies at import.")
     w("")
     w("## Excluded tests")
     w("")

@@ -758,13 +758,11 @@ static void test_unary(void)
         { KP_U_GELU, 0, 0, false, "gelu" },
         { KP_U_GELU_TANH, 0, 0, false, "gelu_tanh" },
         { KP_U_EXP, 0, 0, false, "exp" },
-        { KP_U_LOG, 0, 0, true, "log" },
         { KP_U_SQRT, 0, 0, true, "sqrt" },
         { KP_U_ABS, 0, 0, false, "abs" },
         { KP_U_NEG, 0, 0, false, "neg" },
         { KP_U_RECIPROCAL, 0, 0, true, "reciprocal" },
         { KP_U_ELU, 0.7f, 0, false, "elu" },
-        { KP_U_SOFTPLUS, 0, 0, false, "softplus" },
         { KP_U_SILU, 0, 0, false, "silu" },
         { KP_U_MISH, 0, 0, false, "mish" },
         { KP_U_POW_SCALAR, 2.5f, 0, true, "pow 2.5" },
@@ -780,6 +778,20 @@ static void test_unary(void)
         tp_op(t, KP_UNARY, u[j].alg, &x, 1, &y, 1, NULL, 0, fa, 2);
         expect_dnnl(t, u[j].name);
         tp_free(t);
+    }
+    {   /* log and softplus stay with the reference: oneDNN's are not accurate enough */
+        static const struct { int alg; bool positive; const char *name; } r[] = {
+            { KP_U_LOG, true, "log" }, { KP_U_SOFTPLUS, false, "softplus" },
+        };
+        for (size_t j = 0; j < sizeof r / sizeof r[0]; j++) {
+            tp *t = tp_new();
+            t->positive = r[j].positive;
+            int x = act(t, 3, s), y = act(t, 3, s);
+            float fa[2] = { 0, 0 };
+            tp_op(t, KP_UNARY, r[j].alg, &x, 1, &y, 1, NULL, 0, fa, 2);
+            expect_ref(t, r[j].name);
+            tp_free(t);
+        }
     }
     {   /* round: half to even, on exact halves */
         tp *t = tp_new();

@@ -115,6 +115,7 @@ KC_LOWER(kc_lower_constant);
 KC_LOWER(kc_lower_constant_of_shape);
 KC_LOWER(kc_lower_range);
 KC_LOWER(kc_lower_eye_like);
+KC_LOWER(kc_lower_nonzero);    /* of a constant only */
 /* lower_tensor.c */
 KC_LOWER(kc_lower_gather);
 KC_LOWER(kc_lower_transpose);
@@ -126,6 +127,7 @@ KC_LOWER(kc_lower_tile);
 KC_LOWER(kc_lower_pad);
 KC_LOWER(kc_lower_reduce);     /* every ReduceX */
 KC_LOWER(kc_lower_argreduce);  /* ArgMax, ArgMin */
+KC_LOWER(kc_lower_topk);
 KC_LOWER(kc_lower_cumsum);
 KC_LOWER(kc_lower_depth_space);
 KC_LOWER(kc_lower_resize);     /* Resize, Upsample */
@@ -136,5 +138,7 @@ KC_LOWER(kc_lower_scatter_nd);
 KC_LOWER(kc_lower_scatter_elements); /* Scatter, ScatterElements */
 KC_LOWER(kc_lower_gather_elements);
 KC_LOWER(kc_lower_gather_nd);
+/* lower_rnn.c */
+KC_LOWER(kc_lower_rnn);        /* RNN, GRU, LSTM */
 
 #endif

@@ -464,7 +464,24 @@ kiln_status kc_lower_layernorm(kc_ctx *c, const kg_node *n)
     kc_val x, scale, b;
     int axis;
     KC_TRY(kc_arg(c, n, 0, &x));
-    KC_TRY(kc_arg(c, n, 1, &scale));
+    if (!kc_opt_arg(c, n, 1, &scale)) {
+        /* torch 1.13 exports LayerNorm(elementwise_affine=False) at opset 17 with Scale left
+         * empty (which ONNX does not allow): it means a scale of one */
+        static const float one32 = 1.0f;
+        static const double one64 = 1.0;
+        static const uint16_t one16 = 0x3C00, one_bf16 = 0x3F80;
+        const void *one = NULL;
+        switch (x.dt) {
+        case KILN_F32:  one = &one32; break;
+        case KILN_F64:  one = &one64; break;
+        case KILN_F16:  one = &one16; break;
+        case KILN_BF16: one = &one_bf16; break;
+        default: break;
+        }
+        if (!one)
+            return kc_fail(c, n, KILN_ERR_FORMAT, "required input 1 (Scale) is missing");
+        KC_TRY(kc_const(c, x.dt, 0, NULL, one, &scale));
+    }
     bool has_b = kc_opt_arg(c, n, 2, &b);
     KC_TRY(kc_check_rank(c, n, &x, "X", 1, KILN_MAX_DIMS));
     KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", -1), x.ndim, &axis));

@@ -314,7 +314,7 @@ const kc_op_def kc_op_table[] = {
     {"Squeeze", kc_lower_squeeze}, {"Unsqueeze", kc_lower_unsqueeze},
     {"Shape", kc_lower_shape}, {"Size", kc_lower_size}, {"Constant", kc_lower_constant},
     {"ConstantOfShape", kc_lower_constant_of_shape}, {"Range", kc_lower_range},
-    {"EyeLike", kc_lower_eye_like},
+    {"EyeLike", kc_lower_eye_like}, {"NonZero", kc_lower_nonzero},
     /* data movement and reductions (lower_tensor.c) */
     {"Gather", kc_lower_gather}, {"Transpose", kc_lower_transpose}, {"Slice", kc_lower_slice},
     {"Concat", kc_lower_concat}, {"Split", kc_lower_split}, {"Expand", kc_lower_expand},
@@ -324,7 +324,7 @@ const kc_op_def kc_op_table[] = {
     {"ReduceProd", kc_lower_reduce}, {"ReduceL1", kc_lower_reduce},
     {"ReduceL2", kc_lower_reduce}, {"ReduceLogSum", kc_lower_reduce},
     {"ReduceLogSumExp", kc_lower_reduce}, {"ReduceSumSquare", kc_lower_reduce},
-    {"ArgMax", kc_lower_argreduce}, {"ArgMin", kc_lower_argreduce},
+    {"ArgMax", kc_lower_argreduce}, {"ArgMin", kc_lower_argreduce}, {"TopK", kc_lower_topk},
     {"CumSum", kc_lower_cumsum},
     {"DepthToSpace", kc_lower_depth_space}, {"SpaceToDepth", kc_lower_depth_space},
     {"Resize", kc_lower_resize}, {"Upsample", kc_lower_resize},
@@ -332,5 +332,7 @@ const kc_op_def kc_op_table[] = {
     {"ScatterND", kc_lower_scatter_nd}, {"ScatterElements", kc_lower_scatter_elements},
     {"Scatter", kc_lower_scatter_elements}, {"GatherElements", kc_lower_gather_elements},
     {"GatherND", kc_lower_gather_nd},
+    /* recurrent networks, unrolled over time (lower_rnn.c) */
+    {"RNN", kc_lower_rnn}, {"GRU", kc_lower_rnn}, {"LSTM", kc_lower_rnn},
     {NULL, NULL},
 };

@@ -253,6 +253,62 @@ kiln_status kc_lower_constant_of_shape(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
+/* NonZero of a constant (torch exports arange at opsets 9-10 as NonZero(ConstantOfShape)):
+ * computed at trace time, since the output's shape is the count of non-zero elements. */
+kiln_status kc_lower_nonzero(kc_ctx *c, const kg_node *n)
+{
+    kc_val x, y;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    const uint8_t *d = kc_const_data(c, x.id);
+    if (!d) {                      /* fails: "input 'NAME' must be known at trace time" */
+        int64_t unused;
+        int cnt;
+        KC_TRY(kc_const_ints(c, n, x.id, &unused, 1, &cnt));
+        return kc_fail(c, n, KILN_ERR_INTERNAL, "NonZero input neither constant nor not");
+    }
+    int64_t numel = kc_numel(&x), nnz = 0;
+    size_t es = kiln_dtype_size(x.dt);
+    uint8_t *nz = kiln__malloc((size_t)numel + 1);
+    if (!nz)
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < numel; i++) {
+        const uint8_t *e = d + (size_t)i * es;
+        bool on = false;
+        switch (x.dt) {                              /* floats: -0 is zero, NaN is not */
+        case KILN_F32: { float v; memcpy(&v, e, sizeof v); on = v != 0; break; }
+        case KILN_F64: { double v; memcpy(&v, e, sizeof v); on = v != 0; break; }
+        case KILN_F16:
+        case KILN_BF16: { uint16_t v; memcpy(&v, e, sizeof v); on = (v & 0x7FFF) != 0; break; }
+        default:
+            for (size_t b = 0; b < es; b++)
+                on |= e[b] != 0;
+        }
+        nz[i] = on;
+        nnz += on;
+    }
+    int rank = x.ndim;
+    int64_t shape[2] = {rank, nnz}, st[KILN_MAX_DIMS];
+    int64_t *out = kiln__malloc((size_t)(rank * nnz + 1) * sizeof *out);
+    if (!out) {
+        kiln__free(nz);
+        return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+    }
+    for (int k = rank - 1; k >= 0; k--)
+        st[k] = k == rank - 1 ? 1 : st[k + 1] * x.shape[k + 1];
+    for (int64_t i = 0, j = 0; i < numel; i++) {
+        if (!nz[i])
+            continue;
+        for (int k = 0; k < rank; k++)
+            out[k * nnz + j] = (i / st[k]) % x.shape[k];
+        j++;
+    }
+    kiln_status s = kc_const(c, KILN_I64, 2, shape, out, &y);
+    kiln__free(nz);
+    kiln__free(out);
+    KC_TRY(s);
+    return kc_out(c, n, 0, &y);
+}
+
 /* Stores v as element i of a buffer of dtype dt (integer or float). */
 static void put_num(void *buf, kiln_dtype dt, int64_t i, double v, int64_t iv)
 {

@@ -382,6 +382,47 @@ kiln_status kc_lower_reduce(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
+/* TopK: k must be known at trace time (it is the output's extent); always sorted. */
+kiln_status kc_lower_topk(kc_ctx *c, const kg_node *n)
+{
+    kc_val x;
+    int axis, cnt = 0;
+    int64_t k = 0;
+    KC_TRY(kc_arg(c, n, 0, &x));
+    KC_TRY(kc_check_rank(c, n, &x, "input", 1, KILN_MAX_DIMS));
+    KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", -1), x.ndim, &axis));
+    if (kc_opset(c) < 10) {
+        k = kg_attr_int(n, "k", -1);
+    } else {
+        kc_val kv;
+        KC_TRY(kc_arg(c, n, 1, &kv));
+        if (kc_numel(&kv) != 1)
+            return kc_fail(c, n, KILN_ERR_SHAPE, "K must hold one value");
+        KC_TRY(kc_const_ints(c, n, kv.id, &k, 1, &cnt));
+    }
+    if (k < 0 || k > x.shape[axis])
+        return kc_fail(c, n, KILN_ERR_SHAPE, "k = %lld for an axis of %lld", (long long)k,
+                       (long long)x.shape[axis]);
+    int64_t shape[KILN_MAX_DIMS], ia = axis;
+    memcpy(shape, x.shape, sizeof shape);
+    shape[axis] = k;
+    int sub = kg_attr_int(n, "largest", 1) ? 0 : 1, outs[2];
+    kc_val v[2];
+    if (kiln__numel(x.ndim, shape) == 0) {
+        KC_TRY(kc_const(c, x.dt, x.ndim, shape, NULL, &v[0]));
+        KC_TRY(kc_const(c, KILN_I64, x.ndim, shape, NULL, &v[1]));
+    } else {
+        if ((outs[0] = kc_new_value(c, x.dt, x.ndim, shape)) < 0 ||
+            (outs[1] = kc_new_value(c, KILN_I64, x.ndim, shape)) < 0)
+            return KILN_ERR_NOMEM;
+        KC_TRY(kc_emit(c, n, KP_TOPK, sub, &x.id, 1, outs, 2, &ia, 1, NULL, 0));
+        kc_snap(c, outs[0], &v[0]);
+        kc_snap(c, outs[1], &v[1]);
+    }
+    KC_TRY(kc_out(c, n, 0, &v[0]));
+    return kc_out(c, n, 1, &v[1]);
+}
+
 kiln_status kc_lower_argreduce(kc_ctx *c, const kg_node *n)
 {
     kc_val x;
@@ -972,9 +1013,13 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
     if (red < 0)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
     bool all_const = kc_is_const(c, x.id) && kc_is_const(c, idx.id) && kc_is_const(c, upd.id);
-    if (!kc_is_const(c, idx.id)) { /* the shared message, naming the input */
-        int unused;
-        return kc_const_ints(c, n, idx.id, NULL, 0, &unused);
+    if (!kc_is_const(c, idx.id)) {  /* indices known only at run time: the scatter kernel */
+        if (red)
+            return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s' with run-time indices", rs);
+        KC_TRY(kc_same_dtype(c, n, &x, &upd));
+        int64_t ia = 0;
+        int in[3] = {x.id, idx.id, upd.id};
+        return kc_emit_out(c, n, KP_SCATTER, 1, in, 3, x.dt, x.ndim, x.shape, &ia, 1, NULL, 0);
     }
     if (red && !all_const)
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s' over run-time data", rs);
@@ -1028,8 +1073,9 @@ kiln_status kc_lower_scatter_nd(kc_ctx *c, const kg_node *n)
     return kc_out(c, n, 0, &y);
 }
 
-/* ScatterElements (and Scatter-9/10) without reduction, constant indices: update e goes to
- * the position of e with its coordinate on `axis` replaced by indices[e]. */
+/* ScatterElements (and Scatter-9/10) without reduction: update e goes to the position of e
+ * with its coordinate on `axis` replaced by indices[e]. Constant indices become row copies;
+ * run-time ones a KP_SCATTER. */
 kiln_status kc_lower_scatter_elements(kc_ctx *c, const kg_node *n)
 {
     kc_val x, idx, upd;
@@ -1040,13 +1086,14 @@ kiln_status kc_lower_scatter_elements(kc_ctx *c, const kg_node *n)
     const char *rs = kg_attr_string(n, "reduction", "none");
     if (strcmp(rs, "none"))
         return kc_fail(c, n, KILN_ERR_UNSUPPORTED, "reduction '%s'", rs);
-    if (!kc_is_const(c, idx.id)) { /* the shared message, naming the input */
-        int unused;
-        return kc_const_ints(c, n, idx.id, NULL, 0, &unused);
-    }
     KC_TRY(kc_check_rank(c, n, &x, "data", 1, KILN_MAX_DIMS));
     KC_TRY(kc_same_dtype(c, n, &x, &upd));
     KC_TRY(kc_axis(c, n, kg_attr_int(n, "axis", 0), x.ndim, &axis));
+    if (!kc_is_const(c, idx.id)) {  /* indices known only at run time: the scatter kernel */
+        int64_t ia = axis;
+        int in[3] = {x.id, idx.id, upd.id};
+        return kc_emit_out(c, n, KP_SCATTER, 0, in, 3, x.dt, x.ndim, x.shape, &ia, 1, NULL, 0);
+    }
     if ((idx.dt != KILN_I64 && idx.dt != KILN_I32) || !kc_same_shape(idx.ndim, idx.shape, upd.ndim, upd.shape) ||
         idx.ndim != x.ndim)
         return kc_fail(c, n, KILN_ERR_SHAPE, "indices and updates must have data's rank and one shape");

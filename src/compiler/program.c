@@ -53,6 +53,8 @@ static const char *const op_kind_names[KP_OP_KIND_COUNT] = {
     [KP_ARGREDUCE] = "ArgReduce",
     [KP_CUMSUM] = "CumSum",
     [KP_DEPTH_SPACE] = "DepthSpace",
+    [KP_TOPK] = "TopK",
+    [KP_SCATTER] = "Scatter",
 };
 
 const char *kp_op_kind_name(int kind)

@@ -97,6 +97,15 @@ typedef enum kp_op_kind {
     /* sub: 0 DepthToSpace DCR, 1 DepthToSpace CRD, 2 SpaceToDepth. in: X. out: Y.
      * ia: blocksize. */
     KP_DEPTH_SPACE,
+    /* sub: 0 the k largest, 1 the k smallest. in: X. out: Values (X's dtype), Indices (i64),
+     * both X's shape with k along axis, best first (ties: lower index first; NaN counts as
+     * larger than every number). ia: axis. */
+    KP_TOPK,
+    /* sub: 0 ScatterElements, 1 ScatterND, with indices given at run time (reduction none:
+     * a repeated index keeps the last update). in: Data, Indices (i32 or i64, negative
+     * counts from the end), Updates. out: Y (Data's shape and dtype). ia: axis (ScatterND
+     * ignores it). An index out of range fails the run (KILN_ERR_ARG). */
+    KP_SCATTER,
     KP_OP_KIND_COUNT
 } kp_op_kind;
 

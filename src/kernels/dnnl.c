@@ -227,7 +227,10 @@ static bool bcast_to(int nd, const dnnl_dims_t b, const dnnl_dims_t a)
     return true;
 }
 
-/* kiln unary -> oneDNN eltwise (false when oneDNN 2.6 has no exact equivalent). */
+/* kiln unary -> oneDNN eltwise (false when oneDNN 2.6 has no exact equivalent). Log and
+ * Softplus stay with the reference (libm): oneDNN 2.6's log is off by up to ~15 ulps (T5's
+ * relative-position buckets truncate log ratios to integers, and landed one bucket off),
+ * its soft_relu goes negative for x below about -16. */
 static bool eltwise_of(int u, float a, float b, dnnl_alg_kind_t *alg, float *alpha, float *beta)
 {
     *alpha = 0.f;
@@ -246,13 +249,11 @@ static bool eltwise_of(int u, float a, float b, dnnl_alg_kind_t *alg, float *alp
     case KP_U_GELU:       *alg = dnnl_eltwise_gelu_erf; return true;
     case KP_U_GELU_TANH:  *alg = dnnl_eltwise_gelu_tanh; return true;
     case KP_U_EXP:        *alg = dnnl_eltwise_exp; return true;
-    case KP_U_LOG:        *alg = dnnl_eltwise_log; return true;
     case KP_U_SQRT:       *alg = dnnl_eltwise_sqrt; return true;
     case KP_U_ABS:        *alg = dnnl_eltwise_abs; return true;
     case KP_U_NEG:        *alg = dnnl_eltwise_linear; *alpha = -1.f; return true;
     case KP_U_RECIPROCAL: *alg = dnnl_eltwise_pow; *alpha = 1.f; *beta = -1.f; return true;
     case KP_U_ELU:        *alg = dnnl_eltwise_elu; *alpha = a; return true;
-    case KP_U_SOFTPLUS:   *alg = dnnl_eltwise_soft_relu; *alpha = 1.f; return true;
     case KP_U_SILU:       *alg = dnnl_eltwise_swish; *alpha = 1.f; return true;
     case KP_U_MISH:       *alg = dnnl_eltwise_mish; return true;
     case KP_U_ROUND:      *alg = dnnl_eltwise_round; return true;

@@ -108,6 +108,8 @@ static const struct {
     [KP_ARGREDUCE] = {kr_check_argreduce, kr_create_argreduce},
     [KP_CUMSUM] = {kr_check_cumsum, kr_create_cumsum},
     [KP_DEPTH_SPACE] = {kr_check_depth_space, kr_create_depth_space},
+    [KP_TOPK] = {kr_check_topk, kr_create_topk},
+    [KP_SCATTER] = {kr_check_scatter, kr_create_scatter},
 };
 
 static kiln_status check_op(const kp_program *p, uint32_t i, kr_op *o)

@@ -275,6 +275,10 @@ KR_KIND(argreduce)
 KR_KIND(cumsum)
 /* ref_resize.c */
 KR_KIND(resize)
+/* ref_topk.c */
+KR_KIND(topk)
+/* ref_scatter.c */
+KR_KIND(scatter)
 #undef KR_KIND
 
 /* Channels-last support (ref_layout.c dispatches kr_cl_inputs / kr_create_cl to these):

@@ -1,10 +1,10 @@
 /*
  * import.c — the ONNX importer: reads a ModelProto with the protobuf-c code generated from
  * onnx.proto and builds a kg_graph (values by name, constants from initializers and
- * Constant nodes, nodes with copied attributes); also reads lone TensorProto files (the
- * .pb files of ONNX's test data). Checks here are structural — names resolve, nodes come in
- * topological order, tensor data agrees with its shape — whether kiln can run an op is the
- * compiler's question.
+ * Constant nodes, nodes with copied attributes, calls of model-local functions replaced by
+ * their bodies); also reads lone TensorProto files (the .pb files of ONNX's test data).
+ * Checks here are structural — names resolve, nodes come in topological order, tensor data
+ * agrees with its shape — whether kiln can run an op is the compiler's question.
  */
 #define _GNU_SOURCE
 #include "onnx/graph.h"
@@ -597,6 +597,185 @@ static kiln_status node_add(importer *im, Onnx__NodeProto *np)
     return KILN_OK;
 }
 
+/* ---- model-local functions ----
+ * A node calling a FunctionProto of the model (torch's export_modules_as_functions writes
+ * one per module) is replaced by the function's body, recursively: formal inputs and
+ * outputs become the call's names, every other name in the body gets a prefix unique to the
+ * call, and attributes that refer to the call's (ref_attr_name) take the call's value or,
+ * when the call has none, are dropped (the op's default). The copies live in an arena of
+ * allocations freed once the graph is built. */
+
+#define INL_MAX_DEPTH 32
+#define INL_MAX_NODES (1u << 18)          /* nodes after inlining (bounds a hostile model) */
+
+typedef struct inliner {
+    const Onnx__ModelProto *mp;
+    int64_t opset;
+    Onnx__NodeProto **nodes;             /* the flattened node list */
+    size_t n, cap;
+    void **owned;                        /* every allocation below, freed by inl_free */
+    size_t n_owned, cap_owned;
+    unsigned long calls;
+} inliner;
+
+static void *inl_alloc(inliner *in, size_t n)
+{
+    if (in->n_owned == in->cap_owned) {
+        size_t cap = in->cap_owned ? 2 * in->cap_owned : 64;
+        void **o = kiln__realloc(in->owned, cap * sizeof *o);
+        if (!o)
+            return NULL;
+        in->owned = o;
+        in->cap_owned = cap;
+    }
+    void *p = kiln__calloc(1, n ? n : 1);
+    if (p)
+        in->owned[in->n_owned++] = p;
+    return p;
+}
+
+static void inl_free(inliner *in)
+{
+    for (size_t i = 0; i < in->n_owned; i++)
+        kiln__free(in->owned[i]);
+    kiln__free(in->owned);
+    kiln__free(in->nodes);
+}
+
+static const Onnx__FunctionProto *inl_find(const inliner *in, const Onnx__NodeProto *np)
+{
+    if (default_domain(np->domain) || empty(np->op_type))
+        return NULL;
+    for (size_t f = 0; f < in->mp->n_functions; f++) {
+        const Onnx__FunctionProto *fp = in->mp->functions[f];
+        if (fp->name && fp->domain && strcmp(fp->name, np->op_type) == 0
+            && strcmp(fp->domain, np->domain) == 0)
+            return fp;
+    }
+    return NULL;
+}
+
+static kiln_status inl_push(inliner *in, Onnx__NodeProto *np)
+{
+    if (in->n == in->cap) {
+        if (in->cap >= INL_MAX_NODES)
+            return kiln__fail(KILN_ERR_UNSUPPORTED, "more than %u nodes once functions are inlined",
+                              INL_MAX_NODES);
+        size_t cap = in->cap ? 2 * in->cap : 256;
+        Onnx__NodeProto **a = kiln__realloc(in->nodes, cap * sizeof *a);
+        if (!a)
+            return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+        in->nodes = a;
+        in->cap = cap;
+    }
+    in->nodes[in->n++] = np;
+    return KILN_OK;
+}
+
+/* The name a body value takes in the call's scope. */
+static const char *inl_name(inliner *in, const Onnx__FunctionProto *fp, const Onnx__NodeProto *call,
+                            const char *prefix, const char *s)
+{
+    if (empty(s))
+        return "";
+    for (size_t i = 0; i < fp->n_input; i++)
+        if (fp->input[i] && strcmp(fp->input[i], s) == 0)
+            return i < call->n_input && call->input[i] ? call->input[i] : "";
+    for (size_t i = 0; i < fp->n_output; i++)
+        if (fp->output[i] && strcmp(fp->output[i], s) == 0 && i < call->n_output
+            && !empty(call->output[i]))
+            return call->output[i];
+    size_t lp = strlen(prefix), ls = strlen(s);
+    char *r = inl_alloc(in, lp + ls + 1);
+    if (r) {
+        memcpy(r, prefix, lp);
+        memcpy(r + lp, s, ls + 1);
+    }
+    return r;
+}
+
+static kiln_status inl_node(inliner *in, Onnx__NodeProto *np, int depth);
+
+static kiln_status inl_call(inliner *in, const Onnx__FunctionProto *fp, Onnx__NodeProto *call,
+                            int depth)
+{
+    if (depth >= INL_MAX_DEPTH)
+        return kiln__fail(KILN_ERR_UNSUPPORTED, "functions nested more than %d deep (or recursive)",
+                          INL_MAX_DEPTH);
+    if (call->n_input > fp->n_input || call->n_output > fp->n_output)
+        return kiln__fail(KILN_ERR_FORMAT, "calls function '%s' with %zu inputs and %zu outputs "
+                          "(it has %zu and %zu)", fp->name, call->n_input, call->n_output,
+                          fp->n_input, fp->n_output);
+    for (size_t i = 0; i < fp->n_opset_import; i++) {
+        const Onnx__OperatorSetIdProto *o = fp->opset_import[i];
+        if (default_domain(o->domain) && o->has_version && o->version != in->opset)
+            return kiln__fail(KILN_ERR_UNSUPPORTED, "function '%s' imports opset %lld, the model "
+                              "%lld", fp->name, (long long)o->version, (long long)in->opset);
+    }
+    char prefix[48];
+    snprintf(prefix, sizeof prefix, "kiln.fn%lu/", ++in->calls);
+    for (size_t k = 0; k < fp->n_node; k++) {
+        const Onnx__NodeProto *b = fp->node[k];
+        Onnx__NodeProto *c = inl_alloc(in, sizeof *c);
+        if (!c)
+            return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+        *c = *b;                                        /* op_type, domain, name, ... */
+        c->input = inl_alloc(in, b->n_input * sizeof *c->input);
+        c->output = inl_alloc(in, b->n_output * sizeof *c->output);
+        c->attribute = inl_alloc(in, b->n_attribute * sizeof *c->attribute);
+        if (!c->input || !c->output || !c->attribute)
+            return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+        for (size_t j = 0; j < b->n_input; j++)
+            if (!(c->input[j] = (char *)inl_name(in, fp, call, prefix, b->input[j])))
+                return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+        for (size_t j = 0; j < b->n_output; j++)
+            if (!(c->output[j] = (char *)inl_name(in, fp, call, prefix, b->output[j])))
+                return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+        c->n_attribute = 0;
+        for (size_t j = 0; j < b->n_attribute; j++) {
+            Onnx__AttributeProto *a = b->attribute[j];
+            if (empty(a->ref_attr_name)) {
+                c->attribute[c->n_attribute++] = a;
+                continue;
+            }
+            for (size_t q = 0; q < call->n_attribute; q++) {
+                Onnx__AttributeProto *v = call->attribute[q];
+                if (v->name && strcmp(v->name, a->ref_attr_name) == 0) {
+                    Onnx__AttributeProto *r = inl_alloc(in, sizeof *r);
+                    if (!r)
+                        return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+                    *r = *v;
+                    r->name = a->name;
+                    r->ref_attr_name = NULL;
+                    c->attribute[c->n_attribute++] = r;
+                    break;
+                }
+            }
+        }
+        const char *nm = empty(b->name) ? b->op_type : b->name;
+        size_t l1 = empty(call->name) ? 0 : strlen(call->name), l2 = nm ? strlen(nm) : 0;
+        if (!(c->name = inl_alloc(in, l1 + l2 + 2)))
+            return kiln__fail(KILN_ERR_NOMEM, "out of memory");
+        snprintf(c->name, l1 + l2 + 2, "%s/%s", l1 ? call->name : "", nm ? nm : "");
+        kiln_status st = inl_node(in, c, depth + 1);
+        if (st != KILN_OK)
+            return st;
+    }
+    return KILN_OK;
+}
+
+static kiln_status inl_node(inliner *in, Onnx__NodeProto *np, int depth)
+{
+    const Onnx__FunctionProto *fp = inl_find(in, np);
+    if (!fp)
+        return inl_push(in, np);
+    kiln_status st = inl_call(in, fp, np, depth);
+    if (st != KILN_OK && depth == 0)
+        kiln__error_prefix("node '%s' (%s, a model-local function)", np->name ? np->name : "",
+                           np->op_type);
+    return st;
+}
+
 /* ---- the graph ---- */
 
 static kiln_status graph_opset(const Onnx__ModelProto *mp, int64_t *out)
@@ -631,15 +810,16 @@ static bool sum_ok(size_t *acc, size_t n)
     return true;
 }
 
-static kiln_status graph_alloc(importer *im, const Onnx__GraphProto *gp)
+static kiln_status graph_alloc(importer *im, const Onnx__GraphProto *gp,
+                               Onnx__NodeProto *const *nodes, size_t n_nodes)
 {
     kg_graph *g = im->g;
     size_t est = 0; /* every name occurrence: an upper bound on distinct values */
     bool ok = sum_ok(&est, gp->n_input) && sum_ok(&est, gp->n_output)
            && sum_ok(&est, gp->n_initializer) && sum_ok(&est, gp->n_value_info);
-    for (size_t k = 0; ok && k < gp->n_node; k++)
-        ok = sum_ok(&est, gp->node[k]->n_input) && sum_ok(&est, gp->node[k]->n_output);
-    if (!ok || gp->n_node > (size_t)INT_MAX / 4)
+    for (size_t k = 0; ok && k < n_nodes; k++)
+        ok = sum_ok(&est, nodes[k]->n_input) && sum_ok(&est, nodes[k]->n_output);
+    if (!ok || n_nodes > (size_t)INT_MAX / 4)
         return kiln__fail(KILN_ERR_FORMAT, "graph too large");
     size_t slots = 16;
     while (slots < 2 * est + 1)
@@ -648,7 +828,7 @@ static kiln_status graph_alloc(importer *im, const Onnx__GraphProto *gp)
     if (!(g->values = kiln__calloc(est, sizeof(kg_value)))
         || !(im->producer = kiln__malloc(est * sizeof(int)))
         || !(im->slots = kiln__malloc(slots * sizeof(int)))
-        || !(g->nodes = kiln__calloc(gp->n_node, sizeof(kg_node)))
+        || !(g->nodes = kiln__calloc(n_nodes, sizeof(kg_node)))
         || !(g->inputs = kiln__malloc(gp->n_input * sizeof(int)))
         || !(g->outputs = kiln__malloc(gp->n_output * sizeof(int))))
         return kiln__fail(KILN_ERR_NOMEM, "out of memory");
@@ -657,6 +837,9 @@ static kiln_status graph_alloc(importer *im, const Onnx__GraphProto *gp)
     return KILN_OK;
 }
 
+static kiln_status graph_nodes(importer *im, Onnx__ModelProto *mp, Onnx__NodeProto **nodes,
+                               size_t n_nodes);
+
 static kiln_status graph_build(importer *im, Onnx__ModelProto *mp)
 {
     kg_graph *g = im->g;
@@ -664,11 +847,34 @@ static kiln_status graph_build(importer *im, Onnx__ModelProto *mp)
     kiln_status st = graph_opset(mp, &g->opset);
     if (st != KILN_OK)
         return st;
+    /* calls of model-local functions replaced by their bodies (only when there are some) */
+    inliner inl = { .mp = mp, .opset = g->opset };
+    Onnx__NodeProto **nodes = gp->node;
+    size_t n_nodes = gp->n_node;
+    if (mp->n_functions) {
+        for (size_t k = 0; k < gp->n_node && st == KILN_OK; k++)
+            st = inl_node(&inl, gp->node[k], 0);
+        nodes = inl.nodes;
+        n_nodes = inl.n;
+    }
+    if (st == KILN_OK)
+        st = graph_nodes(im, mp, nodes, n_nodes);
+    inl_free(&inl);
+    return st;
+}
+
+/* The graph from its (function-free) node list. */
+static kiln_status graph_nodes(importer *im, Onnx__ModelProto *mp, Onnx__NodeProto **nodes,
+                               size_t n_nodes)
+{
+    kg_graph *g = im->g;
+    Onnx__GraphProto *gp = mp->graph;
+    kiln_status st;
     if (gp->n_sparse_initializer)
         return kiln__fail(KILN_ERR_UNSUPPORTED, "sparse initializers are not supported");
     if (!(g->name = kiln__strdup(gp->name ? gp->name : "")))
         return kiln__fail(KILN_ERR_NOMEM, "out of memory");
-    if ((st = graph_alloc(im, gp)) != KILN_OK)
+    if ((st = graph_alloc(im, gp, nodes, n_nodes)) != KILN_OK)
         return st;
     bool created;
 
@@ -712,8 +918,8 @@ static kiln_status graph_build(importer *im, Onnx__ModelProto *mp)
     }
 
     /* Who produces what: every value has at most one producer. */
-    for (size_t k = 0; k < gp->n_node; k++) {
-        Onnx__NodeProto *np = gp->node[k];
+    for (size_t k = 0; k < n_nodes; k++) {
+        Onnx__NodeProto *np = nodes[k];
         if (empty(np->op_type))
             return kiln__fail(KILN_ERR_FORMAT, "node #%zu has no op_type", k);
         for (size_t j = 0; j < np->n_output; j++) {
@@ -734,8 +940,8 @@ static kiln_status graph_build(importer *im, Onnx__ModelProto *mp)
     }
 
     /* Nodes in order: inputs must already exist (topological order); Constants fold. */
-    for (size_t k = 0; k < gp->n_node; k++) {
-        Onnx__NodeProto *np = gp->node[k];
+    for (size_t k = 0; k < n_nodes; k++) {
+        Onnx__NodeProto *np = nodes[k];
         st = KILN_OK;
         for (size_t j = 0; j < np->n_input && st == KILN_OK; j++) {
             if (empty(np->input[j]))

@@ -36,11 +36,23 @@ The zoo (random seeded weights, opset 17, eval mode, constant folding on):
     vae            a diffusers-like VAE (encode to the mean, decode): GroupNorm/SiLU ResNet
                    blocks, single-head mid attention, asymmetric-pad downsampling, one
                    ConvTranspose2d and one nearest upsampling                          1x3x32x32
+    t5_encoder     a T5-style encoder: RMS LayerNorm written out (pow, mean, rsqrt), relative
+                   position buckets computed in forward (abs, log, truncation to int64,
+                   min, where), a bias Embedding shared by the layers, unscaled attention,
+                   gated-GELU feed-forward                                            ids 1x24
+    decoder_step   one decoding step of a GPT-style decoder with a static KV cache: this
+                   step's keys and values written at a run-time position (index_copy and
+                   index assignment: ScatterElements/ScatterND with run-time indices), a
+                   mask from that position, and torch.topk over the logits (values and
+                   int64 token ids)       ids 1x1, pos [1], caches 2x1x4x16x16 each
+    rnn_tagger     a sequence tagger: embedding, 2-layer bidirectional LSTM (exported as
+                   ONNX LSTM), a GRU over its output, a plain tanh RNN, a Linear head   ids 2x12
 
 For each it writes into OUTDIR:
     NAME.onnx           the model (torch.onnx.export, opset 17)
     NAME.input_K.npy    input K (seeded random; token ids in range)
-    NAME.output_K.npy   PyTorch's output K for those inputs (eval mode, torch.no_grad())
+    NAME.output_K.npy   PyTorch's output K for those inputs (eval mode, torch.no_grad()):
+                        float32, or the integer dtype of an integer output
     NAME.json           input/output names, shapes and dtypes, op counts, export seconds
     NAME.stamp          hash of this script and the torch version; when it matches and every
                         file is there, the model is not exported again
@@ -362,6 +374,131 @@ class VAELike(nn.Module):
         return self.dec_conv_out(F.silu(self.dec_norm_out(h)))
 
 
+# ---- T5-style encoder -----------------------------------------------------------------------
+
+class T5LayerNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + self.eps))
+
+
+class T5Block(nn.Module):
+    def __init__(self, d, heads, ff):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = T5LayerNorm(d), T5LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
+        self.wi0, self.wi1 = nn.Linear(d, ff, bias=False), nn.Linear(d, ff, bias=False)
+        self.wo = nn.Linear(ff, d, bias=False)
+
+    def forward(self, x, bias):
+        b, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (m(h).view(b, t, self.heads, -1).transpose(1, 2) for m in (self.q, self.k, self.v))
+        a = F.softmax(torch.matmul(q, k.transpose(3, 2)) + bias, dim=-1)   # T5: no 1/sqrt(d)
+        x = x + self.o(torch.matmul(a, v).transpose(1, 2).reshape(b, t, d))
+        h = self.ln2(x)
+        return x + self.wo(F.gelu(self.wi0(h), approximate="tanh") * self.wi1(h))
+
+
+class T5EncoderLike(nn.Module):
+    """Token ids [1, T] -> hidden states [1, T, d]."""
+
+    def __init__(self, vocab=300, d=64, heads=4, ff=128, layers=2, buckets=32, max_distance=128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.rel_bias = nn.Embedding(buckets, heads)
+        self.buckets, self.max_distance = buckets, max_distance
+        self.blocks = nn.ModuleList(T5Block(d, heads, ff) for _ in range(layers))
+        self.ln = T5LayerNorm(d)
+
+    def bucket(self, rel):
+        """HF T5's bidirectional relative-position bucket."""
+        nb = self.buckets // 2
+        ret = (rel > 0).to(torch.long) * nb
+        rel = torch.abs(rel)
+        exact = nb // 2
+        large = exact + (torch.log(rel.float() / exact) / math.log(self.max_distance / exact)
+                         * (nb - exact)).to(torch.long)
+        large = torch.min(large, torch.full_like(large, nb - 1))
+        return ret + torch.where(rel < exact, rel, large)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        pos = torch.arange(t, dtype=torch.long)
+        bias = self.rel_bias(self.bucket(pos[None, :] - pos[:, None])).permute(2, 0, 1)[None]
+        x = self.embed(ids)
+        for blk in self.blocks:
+            x = blk(x, bias)
+        return self.ln(x)
+
+
+# ---- one decoding step with a static KV cache ------------------------------------------------
+
+class DecoderStep(nn.Module):
+    """(ids [1, 1], pos [1], cache_k, cache_v [layers, 1, heads, S, hd]) -> top-5 logits and
+    their token ids, and both caches with this step written at pos."""
+
+    def __init__(self, vocab=500, d=64, heads=4, layers=2, seq=16):
+        super().__init__()
+        self.d, self.heads, self.seq = d, heads, seq
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.qkv = nn.ModuleList(nn.Linear(d, 3 * d) for _ in range(layers))
+        self.proj = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
+        self.ln2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+                                 for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, ids, pos, cache_k, cache_v):
+        hd = self.d // self.heads
+        x = self.wte(ids) + self.wpe(pos)[None]
+        visible = torch.arange(self.seq) <= pos          # the cache up to this step
+        new_k, new_v = [], []
+        for i in range(len(self.qkv)):
+            q, k, v = self.qkv[i](self.ln1[i](x)).split(self.d, dim=-1)
+            q, k, v = (t.view(1, 1, self.heads, hd).transpose(1, 2) for t in (q, k, v))
+            ck = cache_k[i].index_copy(2, pos, k)
+            cv = cache_v[i].clone()
+            cv[:, :, pos] = v
+            att = (q @ ck.transpose(-1, -2)) * hd ** -0.5
+            att = att.masked_fill(~visible, float("-inf")).softmax(-1)
+            x = x + self.proj[i]((att @ cv).transpose(1, 2).reshape(1, 1, self.d))
+            x = x + self.mlp[i](self.ln2[i](x))
+            new_k.append(ck)
+            new_v.append(cv)
+        logits = torch.matmul(self.ln_f(x), self.wte.weight.t())[:, -1]
+        top, ids_out = torch.topk(logits, 5, dim=-1)
+        return top, ids_out, torch.stack(new_k), torch.stack(new_v)
+
+
+# ---- recurrent tagger -----------------------------------------------------------------------
+
+class RNNTagger(nn.Module):
+    """Token ids [B, T] -> tag logits [B, T, tags]: torch exports each recurrent layer as one
+    ONNX LSTM/GRU/RNN node (bidirectional, stacked, batch_first)."""
+
+    def __init__(self, vocab=200, d=24, hidden=32, tags=9):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.lstm = nn.LSTM(d, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(2 * hidden, hidden, batch_first=True)
+        self.rnn = nn.RNN(hidden, hidden, batch_first=True, nonlinearity="tanh")
+        self.head = nn.Linear(hidden, tags)
+
+    def forward(self, ids):
+        y, _ = self.lstm(self.emb(ids))
+        y, _ = self.gru(y)
+        y, _ = self.rnn(y)
+        return self.head(y)
+
+
 # ---- the zoo ---------------------------------------------------------------------------------
 
 def tv(builder, **kw):
@@ -395,6 +532,12 @@ ZOO = {
              [("sample", (1, 4, 16, 16)), ("timestep", "timestep"), ("context", (1, 8, 32))],
              ["noise"]),
     "vae": (lambda: VAELike(), [("image", (1, 3, 32, 32))], ["reconstruction"]),
+    "t5_encoder": (lambda: T5EncoderLike(), [("input_ids", ("ids", (1, 24), 300))], ["hidden"]),
+    "decoder_step": (lambda: DecoderStep(),
+                     [("input_ids", ("ids", (1, 1), 500)), ("pos", ("ids", (1,), 16)),
+                      ("cache_k", (2, 1, 4, 16, 16)), ("cache_v", (2, 1, 4, 16, 16))],
+                     ["top_logits", "top_ids", "new_cache_k", "new_cache_v"]),
+    "rnn_tagger": (lambda: RNNTagger(), [("input_ids", ("ids", (2, 12), 200))], ["tags"]),
 }
 
 
@@ -519,15 +662,17 @@ def export(outdir, name, stamp):
     counts = check_plain_ops(onnx_path)
     for i, x in enumerate(xs):
         save_npy(f"{base}.input_{i}.npy", x.numpy())
+    refs = [r.detach().numpy() for r in refs]
+    refs = [r if r.dtype.kind in "iub" else r.astype(np.float32) for r in refs]  # ids stay ints
     for i, r in enumerate(refs):
-        save_npy(f"{base}.output_{i}.npy", r.detach().numpy().astype(np.float32))
+        save_npy(f"{base}.output_{i}.npy", r)
     seconds = time.time() - t0
     meta = {
         "name": name,
         "opset": OPSET,
         "inputs": [{"name": n, "shape": list(x.shape), "dtype": str(x.numpy().dtype)}
                    for n, x in zip(in_names, xs)],
-        "outputs": [{"name": n, "shape": list(r.shape), "dtype": "float32"}
+        "outputs": [{"name": n, "shape": list(r.shape), "dtype": str(r.dtype)}
                     for n, r in zip(out_names, refs)],
         "ops": counts,
         "export_seconds": round(seconds, 2),
