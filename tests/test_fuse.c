@@ -30,27 +30,6 @@ static const char *model_path(const char *name, const char *ext)
     return b;
 }
 
-static size_t numel(const kiln_tensor *t)
-{
-    size_t n = 1;
-    for (int d = 0; d < t->ndim; d++)
-        n *= (size_t)t->shape[d];
-    return n;
-}
-
-/* max|got - ref| / max|ref| */
-static double rel_err(const kiln_tensor *got, const kiln_tensor *ref)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < numel(ref); i++) {
-        double x = ((const float *)got->data)[i], r = ((const float *)ref->data)[i];
-        if (isnan(x))
-            return INFINITY;
-        md = fmax(md, fabs(x - r));
-        mr = fmax(mr, fabs(r));
-    }
-    return md / (mr > 0 ? mr : 1);
-}
 
 /* Runs m on x; every output against NAME.out<i>.npy. */
 static void check_outputs(kiln_model *m, const char *name, const kiln_tensor *x, const char *when)
@@ -64,12 +43,12 @@ static void check_outputs(kiln_model *m, const char *name, const kiln_tensor *x,
         snprintf(ext, sizeof ext, ".out%zu.npy", i);
         CHECK(npy_read(model_path(name, ext), &refs[i]) == KILN_OK);
         CHECK_OK(kiln_model_output(m, i, NULL, &outs[i]));
-        CHECK(numel(&outs[i]) == numel(&refs[i]));
-        outs[i].data = calloc(numel(&outs[i]) + 1, sizeof(float));
+        CHECK(test_numel(&outs[i]) == test_numel(&refs[i]));
+        outs[i].data = calloc(test_numel(&outs[i]) + 1, sizeof(float));
     }
     if (CHECK_OK(kiln_forward(m, x, 1, outs, no)))
         for (size_t i = 0; i < no; i++) {
-            double e = rel_err(&outs[i], &refs[i]);
+            double e = test_rel_err(outs[i].data, refs[i].data, test_numel(&refs[i]));
             if (!CHECK(e <= 1e-4))
                 fprintf(stderr, "  %s %s, output %zu: relative error %g\n", name, when, i, e);
         }

@@ -332,12 +332,7 @@ static bool save_async(const char *dir, const char *name, uint32_t n_ops, kiln_t
 /* Whether out is within 1e-4 (relative to the largest reference value) of ref. */
 static bool matches(const kiln_tensor *out, const kiln_tensor *ref)
 {
-    double md = 0, mr = 0;
-    for (int64_t i = 0; i < kiln__numel(ref->ndim, ref->shape); i++) {
-        md = fmax(md, fabs(((float *)out->data)[i] - ((float *)ref->data)[i]));
-        mr = fmax(mr, fabs(((float *)ref->data)[i]));
-    }
-    return md <= 1e-4 * mr;
+    return test_rel_err(out->data, ref->data, test_numel(ref)) <= 1e-4;
 }
 
 static void test_streaming(const char *dir)

@@ -106,13 +106,6 @@ static int file_exists(const char *path)
     return access(path, R_OK) == 0;
 }
 
-static size_t numel(const kiln_tensor *t)
-{
-    size_t n = 1;
-    for (int i = 0; i < t->ndim; i++)
-        n *= (size_t)t->shape[i];
-    return n;
-}
 
 static int same_shape(const kiln_tensor *a, const kiln_tensor *b)
 {
@@ -124,19 +117,6 @@ static int same_shape(const kiln_tensor *a, const kiln_tensor *b)
     return 1;
 }
 
-/* max|got - ref| / max|ref| over f32 tensors; INFINITY on NaN. */
-static double rel_err(const float *got, const float *ref, size_t n)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (!(d <= md))
-            md = isnan(d) ? INFINITY : d;
-        if (fabs(ref[i]) > mr)
-            mr = fabs(ref[i]);
-    }
-    return mr > 0 ? md / mr : md;
-}
 
 /* ---- one model ------------------------------------------------------------------------ */
 
@@ -162,7 +142,7 @@ static int alloc_outputs(kiln_model *m, io *x)
         }
         free(x->out[i].data);
         x->out[i] = spec;
-        x->out[i].data = calloc(numel(&spec), kiln_dtype_size(spec.dtype));
+        x->out[i].data = calloc(test_numel(&spec), kiln_dtype_size(spec.dtype));
     }
     return 1;
 }
@@ -178,9 +158,9 @@ static double run_and_compare(kiln_model *m, io *x, double *ms)
     double worst = 0;
     for (size_t i = 0; i < x->n_out; i++) {
         double e = x->ref[i].dtype == KILN_F32
-                 ? rel_err(x->out[i].data, x->ref[i].data, numel(&x->ref[i]))
+                 ? test_rel_err(x->out[i].data, x->ref[i].data, test_numel(&x->ref[i]))
                  : (memcmp(x->out[i].data, x->ref[i].data,
-                           numel(&x->ref[i]) * kiln_dtype_size(x->ref[i].dtype)) ? INFINITY : 0);
+                           test_numel(&x->ref[i]) * kiln_dtype_size(x->ref[i].dtype)) ? INFINITY : 0);
         if (e > worst || isnan(e))
             worst = isnan(e) ? INFINITY : e;
     }

@@ -42,28 +42,6 @@ typedef struct sd_model {
     kiln_model *m;
 } sd_model;
 
-static size_t numel(const kiln_tensor *t)
-{
-    size_t n = 1;
-    for (int i = 0; i < t->ndim; i++)
-        n *= (size_t)t->shape[i];
-    return n;
-}
-
-/* max|got - ref| / max|ref|; INFINITY on NaN. */
-static double rel_err(const float *got, const float *ref, size_t n)
-{
-    double md = 0, mr = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)got[i] - ref[i]);
-        if (!(d <= md))
-            md = isnan(d) ? INFINITY : d;
-        if (fabs(ref[i]) > mr)
-            mr = fabs(ref[i]);
-    }
-    return mr > 0 ? md / mr : md;
-}
-
 static int read_npy(const char *dir, const char *name, const char *what, kiln_tensor *t)
 {
     char path[1024];
@@ -81,7 +59,7 @@ static kiln_tensor output_of(const kiln_model *m)
     kiln_tensor t;
     memset(&t, 0, sizeof t);
     if (kiln_model_output(m, 0, NULL, &t) == KILN_OK)
-        t.data = calloc(numel(&t) + 1, kiln_dtype_size(t.dtype));
+        t.data = calloc(test_numel(&t) + 1, kiln_dtype_size(t.dtype));
     return t;
 }
 
@@ -112,7 +90,7 @@ static void run_pipeline(sd_model *sd)
     kiln_tensor lat2 = output_of(sd[PQC].m), img = output_of(sd[VAE].m);
     kiln_tensor lat = sd[UNET].in[0], ts = sd[UNET].in[1];
     float tval;
-    size_t nl = numel(&lat);
+    size_t nl = test_numel(&lat);
     float *latent = malloc(nl * sizeof(float));
     if (!CHECK(ctx.data && eps.data && lat2.data && img.data && latent))
         goto out;
@@ -142,7 +120,7 @@ static void run_pipeline(sd_model *sd)
         goto out;
     CHECK(img.ndim == 4 && img.shape[1] == 3);
     const float *p = img.data;
-    size_t finite = 0, n = numel(&img);
+    size_t finite = 0, n = test_numel(&img);
     double lo = INFINITY, hi = -INFINITY;
     for (size_t i = 0; i < n; i++) {
         finite += isfinite(p[i]) != 0;
@@ -218,9 +196,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < N_MODELS; i++) {
         kiln_tensor out = output_of(sd[i].m);
         double e = INFINITY;
-        if (CHECK(out.data != NULL) && CHECK(numel(&out) == numel(&sd[i].ref)) &&
+        if (CHECK(out.data != NULL) && CHECK(test_numel(&out) == test_numel(&sd[i].ref)) &&
             CHECK_OK(kiln_forward(sd[i].m, sd[i].in, (size_t)MODELS[i].n_in, &out, 1)))
-            e = rel_err(out.data, sd[i].ref.data, numel(&out));
+            e = test_rel_err(out.data, sd[i].ref.data, test_numel(&out));
         if (!CHECK(e <= REL_TOL))
             fprintf(stderr, "  %s: rel err %.3g > %g\n", MODELS[i].name, e, REL_TOL);
         CHECK(kiln_model_state(sd[i].m) == KILN_LOADED);

@@ -30,13 +30,6 @@ static const char *model_path(const char *name, const char *ext)
     return b;
 }
 
-static size_t numel(const kiln_tensor *t)
-{
-    size_t n = 1;
-    for (int d = 0; d < t->ndim; d++)
-        n *= (size_t)t->shape[d];
-    return n;
-}
 
 static int count_kind(const kp_program *p, int kind)
 {
@@ -54,7 +47,7 @@ static void check_outputs(kiln_model *m, const char *name, const kiln_tensor *x,
         return;
     for (size_t i = 0; i < n_out; i++) {
         CHECK_OK(kiln_model_output(m, i, NULL, &outs[i]));
-        outs[i].data = calloc(numel(&outs[i]) + 1, sizeof(float));
+        outs[i].data = calloc(test_numel(&outs[i]) + 1, sizeof(float));
     }
     if (CHECK_OK(kiln_forward(m, x, 1, outs, n_out))) {
         for (size_t i = 0; i < n_out; i++) {
@@ -62,16 +55,11 @@ static void check_outputs(kiln_model *m, const char *name, const kiln_tensor *x,
             snprintf(ext, sizeof ext, ".out%zu.npy", i);
             if (!CHECK(npy_read(model_path(name, ext), &ref) == KILN_OK))
                 continue;
-            double md = 0, mr = 0;
-            size_t n = numel(&ref);
-            CHECK(numel(&outs[i]) == n);
-            for (size_t j = 0; j < n; j++) {
-                double g = ((const float *)outs[i].data)[j], r = ((const float *)ref.data)[j];
-                md = isnan(g) ? INFINITY : fmax(md, fabs(g - r));
-                mr = fmax(mr, fabs(r));
-            }
-            if (!CHECK(md <= 1e-5 * (mr > 0 ? mr : 1)))
-                fprintf(stderr, "  %s output %zu: max error %g (max |ref| %g)\n", name, i, md, mr);
+            size_t n = test_numel(&ref);
+            CHECK(test_numel(&outs[i]) == n);
+            double e = test_rel_err(outs[i].data, ref.data, n);
+            if (!CHECK(e <= 1e-5))
+                fprintf(stderr, "  %s output %zu: relative error %g\n", name, i, e);
             free(ref.data);
         }
     }

@@ -6,6 +6,7 @@
 #define KILN_TESTUTIL_H
 
 #include "kiln.h"
+#include <stddef.h>
 #include <stdio.h>
 
 extern _Atomic int test_passed, test_failed;
@@ -21,5 +22,10 @@ const char *test_tmpdir(void);
 /* path = test_tmpdir()/name, in a static rotating buffer. */
 const char *test_path(const char *name);
 int  test_done(const char *name);
+/* Elements of t (the product of its shape). */
+size_t test_numel(const kiln_tensor *t);
+/* max|got - ref| / max|ref| over n floats (max|got - ref| when ref is all zero); INFINITY
+ * if got has a NaN where it should not. */
+double test_rel_err(const float *got, const float *ref, size_t n);
 
 #endif
