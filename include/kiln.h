@@ -145,11 +145,14 @@ KILN_API kiln_status kiln_async_load(kiln_model *m, int enable);
  * once each write a whole file, and the last rename wins. */
 KILN_API kiln_status kiln_save(kiln_model *m, const char *path);
 
-/* Reads and verifies the artifact (header, program and every checksum), then places the
- * model as its flags say: eager (default) on the least-used visible core before returning;
- * lazy: nothing placed until the first kiln_forward or kiln_data_parallel; async: placement
- * runs in the background and this call returns at once. Any thread (each call makes its
- * own model; one path may be loaded by several threads at once). */
+/* Reads the artifact and checks its header and program (and their checksums), then places
+ * the model as its flags say: eager (default) on the least-used visible core before
+ * returning; lazy: nothing placed until the first kiln_forward or kiln_data_parallel;
+ * async: placement runs in the background and this call returns at once. Placement checks
+ * every weight checksum (once per model): an eager load of a damaged file fails here; a
+ * lazy or async one fails its placement, reported by kiln_forward and kiln_wait as
+ * KILN_ERR_LOAD. No op runs on weights that have not passed. Any thread (each call makes
+ * its own model; one path may be loaded by several threads at once). */
 KILN_API kiln_status kiln_load(const char *path, kiln_model **out);
 
 /* How kiln_load_ex loads: the artifact's own flags, or an override (for benchmarks and for
